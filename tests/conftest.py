@@ -1,0 +1,77 @@
+"""Shared fixtures: the CLI run in-process, config files written per test."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from maild.cli import main
+from tests.world import OrgKeys, World, make_org_keys, new_root
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+
+CLI = Callable[..., Result]
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> CLI:
+    """Run `maild ARGS...` in this process; returns exit code, stdout, stderr."""
+    monkeypatch.delenv("MAILD_CONFIG", raising=False)
+
+    def run(*args: str) -> Result:
+        try:
+            code = main(list(args))
+        except SystemExit as exc:  # argparse usage errors
+            code = int(exc.code or 0)
+        captured = capsys.readouterr()
+        return Result(code, captured.out, captured.err)
+
+    return run
+
+
+@pytest.fixture
+def write(tmp_path: Path) -> Callable[[str, str], Path]:
+    """Write a text file under the test's folder and return its path."""
+
+    def put(name: str, text: str) -> Path:
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        return path
+
+    return put
+
+
+@pytest.fixture(scope="session")
+def org_keys() -> Iterator[OrgKeys]:
+    """Organisation and member keys, made once with real gpg."""
+    home = new_root()
+    try:
+        yield make_org_keys(home)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture
+def world(org_keys: OrgKeys) -> Iterator[World]:
+    """A fresh maild installation: identity key, keys folder, config, orgs list."""
+    w = World(new_root(), org_keys).build()
+    try:
+        yield w
+    finally:
+        w.close()
