@@ -1,0 +1,126 @@
+"""MemoryStore: the in-memory twin of SqliteStore, for tests and dry runs.
+
+It keeps the very rows SqliteStore would write (built by the same mapping
+functions), so it refuses the same inputs with the same errors and every read
+returns fresh records, equal to what was written, that callers cannot use to
+change what is stored. A write checks everything before it changes anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from maild.adapters.store import (
+    PENDING_STATES,
+    UNIQUE_MESSAGE_COLUMNS,
+    Row,
+    advisory_from_row,
+    advisory_order,
+    advisory_to_row,
+    already_stored,
+    duplicate_message,
+    event_from_row,
+    event_to_row,
+    message_from_row,
+    message_order,
+    messages_to_rows,
+    not_stored,
+    prepare_event,
+    stale_version,
+)
+from maild.domain import audit
+from maild.domain.models import AdvisoryRecord, Event, MessageRecord, MessageState, NewEvent
+from maild.service.ports import StoreError
+
+
+class MemoryStore:
+    """The Store, in memory: same behaviour and errors as SqliteStore."""
+
+    def __init__(self) -> None:
+        self._advisories: dict[str, Row] = {}
+        self._messages: list[Row] = []
+        self._events: list[Row] = []
+        self._closed = False
+
+    def add_advisory(
+        self, record: AdvisoryRecord, messages: Sequence[MessageRecord], event: NewEvent
+    ) -> Event:
+        self._check_open()
+        row, message_rows = advisory_to_row(record), messages_to_rows(record.id, messages)
+        new = prepare_event(event)
+        if record.id in self._advisories:
+            raise already_stored(record.id)
+        taken = {c: {m[c] for m in self._messages} for c in UNIQUE_MESSAGE_COLUMNS}
+        for message in message_rows:
+            for column in UNIQUE_MESSAGE_COLUMNS:
+                if message[column] in taken[column]:
+                    raise duplicate_message(column, message[column])
+                taken[column].add(message[column])
+        event_row = self._chain(new)
+        self._advisories[record.id] = row
+        self._messages.extend(message_rows)
+        self._events.append(event_row)
+        return event_from_row(event_row)
+
+    def update_advisory(
+        self, record: AdvisoryRecord, event: NewEvent, *, cancel_pending: str | None = None
+    ) -> Event:
+        self._check_open()
+        row, new = advisory_to_row(record), prepare_event(event)
+        stored = self._advisories.get(record.id)
+        if stored is None:
+            raise not_stored(record.id)
+        if record.version != stored["version"] + 1:
+            raise stale_version(record.id, record.version, stored["version"])
+        event_row = self._chain(new)
+        self._advisories[record.id] = row
+        if cancel_pending is not None:
+            self._messages = [
+                {**m, "state": MessageState.CANCELLED.value, "detail": cancel_pending}
+                if m["advisory_id"] == record.id and m["state"] in PENDING_STATES
+                else m
+                for m in self._messages
+            ]
+        self._events.append(event_row)
+        return event_from_row(event_row)
+
+    def append_event(self, event: NewEvent) -> Event:
+        self._check_open()
+        event_row = self._chain(prepare_event(event))
+        self._events.append(event_row)
+        return event_from_row(event_row)
+
+    def get_advisory(self, advisory_id: str) -> AdvisoryRecord | None:
+        self._check_open()
+        row = self._advisories.get(advisory_id)
+        return None if row is None else advisory_from_row(row)
+
+    def list_advisories(self) -> list[AdvisoryRecord]:
+        self._check_open()
+        records = [advisory_from_row(r) for r in self._advisories.values()]
+        return sorted(records, key=advisory_order)
+
+    def messages(self, advisory_id: str) -> list[MessageRecord]:
+        self._check_open()
+        rows = [m for m in self._messages if m["advisory_id"] == advisory_id]
+        return sorted((message_from_row(r) for r in rows), key=message_order)
+
+    def events(self, advisory_id: str | None = None) -> list[Event]:
+        self._check_open()
+        rows = [e for e in self._events if advisory_id is None or e["advisory_id"] == advisory_id]
+        return [event_from_row(r) for r in rows]
+
+    def verify_history(self) -> audit.ChainCheck:
+        """Check the hash chain over the whole audit log."""
+        return audit.verify(self.events())
+
+    def close(self) -> None:
+        self._closed = True
+
+    def _chain(self, new: NewEvent) -> Row:
+        last = event_from_row(self._events[-1]) if self._events else None
+        return event_to_row(audit.chain(last, new))
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError("the store is closed")

@@ -1,0 +1,534 @@
+"""The durable Store: advisories, their messages and the audit log in one SQLite
+file. Every write is one `BEGIN IMMEDIATE` transaction that also appends its
+audit event; WAL journal, `synchronous=FULL`, files readable by the owner only.
+
+The row <-> record mapping lives here as small functions; MemoryStore keeps the
+same rows, so both stores read back exactly the same records.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import fields, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from maild.domain import audit
+from maild.domain.models import (
+    AdvisoryMeta,
+    AdvisoryRecord,
+    AdvisoryState,
+    Event,
+    MessageKind,
+    MessageRecord,
+    MessageState,
+    NewEvent,
+    Preannounce,
+)
+from maild.domain.policy import Category, Plan, PolicyInput, Severity
+from maild.service.ports import Conflict, StoreError
+
+Row = dict[str, Any]
+
+# Index i upgrades schema version i to i + 1. Never edit a released entry (an
+# existing database keeps the old schema): append a new one instead. Enum values
+# are spelled out, so adding one to an enum needs a migration for its CHECK.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE advisories (
+        id TEXT PRIMARY KEY,
+        title TEXT NOT NULL,
+        component TEXT NOT NULL,
+        cves TEXT NOT NULL,
+        extra_recipients TEXT NOT NULL,
+        preannounce TEXT NOT NULL CHECK (preannounce IN ('full', 'minimal', 'none')),
+        disclosure TEXT NOT NULL,
+        severity TEXT NOT NULL CHECK (severity IN ('low', 'medium', 'high', 'critical')),
+        exploited INTEGER NOT NULL CHECK (exploited IN (0, 1)),
+        toolchain_update INTEGER NOT NULL CHECK (toolchain_update IN (0, 1)),
+        category TEXT NOT NULL
+            CHECK (category IN ('toolchain', 'infrastructure', 'crate', 'other')),
+        notify_days INTEGER,
+        reporter_approval TEXT,
+        notify_not_before TEXT,
+        disclose_at TEXT NOT NULL,
+        notify_at TEXT,
+        preannounce_at TEXT,
+        business_days INTEGER,
+        reason TEXT NOT NULL,
+        state TEXT NOT NULL
+            CHECK (state IN ('scheduled', 'notified', 'disclosed', 'cancelled')),
+        sealed BLOB NOT NULL,
+        patch_names TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        version INTEGER NOT NULL CHECK (version >= 1)
+    );
+    CREATE TABLE messages (
+        id INTEGER PRIMARY KEY,
+        advisory_id TEXT NOT NULL,
+        kind TEXT NOT NULL
+            CHECK (kind IN ('notice', 'preannouncement', 'disclosure', 'reply', 'alert')),
+        address TEXT NOT NULL,
+        message_id TEXT NOT NULL UNIQUE,
+        envid TEXT NOT NULL UNIQUE,
+        state TEXT NOT NULL CHECK (state IN
+            ('queued', 'sending', 'accepted', 'deferred', 'failed', 'blocked', 'cancelled')),
+        org TEXT,
+        fingerprint TEXT,
+        detail TEXT,
+        attempts INTEGER NOT NULL,
+        smtp_code INTEGER,
+        smtp_response TEXT,
+        sent_at TEXT,
+        dsn TEXT,
+        acked_at TEXT,
+        ack_token TEXT,
+        FOREIGN KEY (advisory_id) REFERENCES advisories (id)
+    );
+    CREATE INDEX messages_advisory ON messages (advisory_id);
+    CREATE TABLE events (
+        seq INTEGER PRIMARY KEY,
+        at TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        advisory_id TEXT,
+        data TEXT NOT NULL,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL
+    );
+    CREATE INDEX events_advisory ON events (advisory_id);
+    CREATE TRIGGER events_no_update BEFORE UPDATE ON events
+    BEGIN
+        SELECT RAISE(ABORT, 'events are append-only');
+    END;
+    CREATE TRIGGER events_no_delete BEFORE DELETE ON events
+    BEGIN
+        SELECT RAISE(ABORT, 'events are append-only');
+    END;
+    """,
+]
+
+ADVISORY_COLUMNS = (
+    "id", "title", "component", "cves", "extra_recipients", "preannounce",
+    "disclosure", "severity", "exploited", "toolchain_update", "category", "notify_days",
+    "reporter_approval", "notify_not_before", "disclose_at", "notify_at", "preannounce_at",
+    "business_days", "reason", "state", "sealed", "patch_names", "created_at", "updated_at",
+    "version",
+)  # fmt: skip
+MESSAGE_COLUMNS = tuple(f.name for f in fields(MessageRecord))
+EVENT_COLUMNS = tuple(f.name for f in fields(Event))
+UNIQUE_MESSAGE_COLUMNS = ("message_id", "envid")
+PENDING_STATES = tuple(s.value for s in MessageState if s.is_pending)
+_KIND_ORDER = {kind: i for i, kind in enumerate(MessageKind)}
+
+
+# --- datetimes and JSON ------------------------------------------------------
+
+
+def dt_to_text(name: str, value: datetime) -> str:
+    """ISO 8601 with the UTC offset, plus `[Zone/Name]` when the datetime is in
+    an IANA zone, so it reads back in that zone (and equal, even in a DST fold)."""
+    if not isinstance(value, datetime) or value.utcoffset() is None:
+        raise ValueError(f"{name}: {value!r} is not a date and time with a UTC offset")
+    key = value.tzinfo.key if isinstance(value.tzinfo, ZoneInfo) else None
+    return f"{value.isoformat()}[{key}]" if key else value.isoformat()
+
+
+def dt_from_text(text: str) -> datetime:
+    iso, _, key = text.removesuffix("]").partition("[")
+    value = datetime.fromisoformat(iso)
+    if not key:
+        return value
+    try:
+        return value.astimezone(ZoneInfo(key))
+    except ZoneInfoNotFoundError:  # no tz database here: the offset still holds
+        return value
+
+
+def _opt_dt_to_text(name: str, value: datetime | None) -> str | None:
+    return None if value is None else dt_to_text(name, value)
+
+
+def _opt_dt_from_text(text: str | None) -> datetime | None:
+    return None if text is None else dt_from_text(text)
+
+
+def _dump(value: object) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+@contextmanager
+def _refusing(what: str) -> Iterator[None]:
+    """Turn a value that cannot be stored (or a row that cannot be read) into a
+    StoreError that names it."""
+    try:
+        yield
+    except (TypeError, ValueError, KeyError) as exc:
+        raise StoreError(f"{what}: {exc}") from exc
+
+
+# --- rows <-> records (shared with MemoryStore) ------------------------------
+
+
+def advisory_to_row(record: AdvisoryRecord) -> Row:
+    meta, rules, plan = record.meta, record.meta.rules, record.plan
+    with _refusing(f"advisory {meta.id!r} cannot be stored"):
+        return {
+            "id": meta.id,
+            "title": meta.title,
+            "component": meta.component,
+            "cves": _dump(list(meta.cves)),
+            "extra_recipients": _dump(list(meta.extra_recipients)),
+            "preannounce": Preannounce(meta.preannounce).value,
+            "disclosure": dt_to_text("disclosure", rules.disclosure),
+            "severity": Severity(rules.severity).value,
+            "exploited": int(bool(rules.exploited)),
+            "toolchain_update": int(bool(rules.toolchain_update)),
+            "category": Category(rules.category).value,
+            "notify_days": rules.notify_days,
+            "reporter_approval": rules.reporter_approval,
+            "notify_not_before": _opt_dt_to_text("notify_not_before", rules.notify_not_before),
+            "disclose_at": dt_to_text("disclose_at", plan.disclose_at),
+            "notify_at": _opt_dt_to_text("notify_at", plan.notify_at),
+            "preannounce_at": _opt_dt_to_text("preannounce_at", plan.preannounce_at),
+            "business_days": plan.business_days,
+            "reason": plan.reason,
+            "state": AdvisoryState(record.state).value,
+            "sealed": bytes(record.sealed),
+            "patch_names": _dump(list(record.patch_names)),
+            "created_at": dt_to_text("created_at", record.created_at),
+            "updated_at": dt_to_text("updated_at", record.updated_at),
+            "version": record.version,
+        }
+
+
+def advisory_from_row(row: Mapping[str, Any]) -> AdvisoryRecord:
+    with _refusing(f"stored advisory {row.get('id')!r} is unreadable"):
+        rules = PolicyInput(
+            disclosure=dt_from_text(row["disclosure"]),
+            severity=Severity(row["severity"]),
+            exploited=bool(row["exploited"]),
+            toolchain_update=bool(row["toolchain_update"]),
+            category=Category(row["category"]),
+            notify_days=row["notify_days"],
+            reporter_approval=row["reporter_approval"],
+            notify_not_before=_opt_dt_from_text(row["notify_not_before"]),
+        )
+        meta = AdvisoryMeta(
+            id=row["id"],
+            title=row["title"],
+            component=row["component"],
+            rules=rules,
+            cves=tuple(json.loads(row["cves"])),
+            extra_recipients=tuple(json.loads(row["extra_recipients"])),
+            preannounce=Preannounce(row["preannounce"]),
+        )
+        plan = Plan(
+            disclose_at=dt_from_text(row["disclose_at"]),
+            notify_at=_opt_dt_from_text(row["notify_at"]),
+            preannounce_at=_opt_dt_from_text(row["preannounce_at"]),
+            business_days=row["business_days"],
+            reason=row["reason"],
+        )
+        return AdvisoryRecord(
+            meta=meta,
+            plan=plan,
+            state=AdvisoryState(row["state"]),
+            sealed=bytes(row["sealed"]),
+            patch_names=tuple(json.loads(row["patch_names"])),
+            created_at=dt_from_text(row["created_at"]),
+            updated_at=dt_from_text(row["updated_at"]),
+            version=row["version"],
+        )
+
+
+def messages_to_rows(advisory_id: str, messages: Sequence[MessageRecord]) -> list[Row]:
+    """The rows of a new advisory's messages; each must belong to that advisory."""
+    rows = []
+    for m in messages:
+        if m.advisory_id != advisory_id:
+            raise StoreError(
+                f"message {m.message_id!r} belongs to advisory {m.advisory_id!r}, "
+                f"not {advisory_id!r}; nothing was written"
+            )
+        with _refusing(f"message {m.message_id!r} cannot be stored"):
+            row = {name: getattr(m, name) for name in MESSAGE_COLUMNS}
+            row["kind"] = MessageKind(m.kind).value
+            row["state"] = MessageState(m.state).value
+            row["sent_at"] = _opt_dt_to_text("sent_at", m.sent_at)
+            row["acked_at"] = _opt_dt_to_text("acked_at", m.acked_at)
+        rows.append(row)
+    return rows
+
+
+def message_from_row(row: Mapping[str, Any]) -> MessageRecord:
+    with _refusing(f"stored message {row.get('message_id')!r} is unreadable"):
+        values = {name: row[name] for name in MESSAGE_COLUMNS}
+        values["kind"] = MessageKind(row["kind"])
+        values["state"] = MessageState(row["state"])
+        values["sent_at"] = _opt_dt_from_text(row["sent_at"])
+        values["acked_at"] = _opt_dt_from_text(row["acked_at"])
+        return MessageRecord(**values)
+
+
+def prepare_event(event: NewEvent) -> NewEvent:
+    """`event` with its data as it will read back (JSON), checked storable."""
+    with _refusing(f"event {event.kind!r} cannot be stored"):
+        dt_to_text("at", event.at)
+        return replace(event, data=json.loads(_dump(dict(event.data))))
+
+
+def event_to_row(event: Event) -> Row:
+    row = {name: getattr(event, name) for name in EVENT_COLUMNS}
+    row["at"] = dt_to_text("at", event.at)
+    row["data"] = _dump(dict(event.data))
+    return row
+
+
+def event_from_row(row: Mapping[str, Any]) -> Event:
+    with _refusing(f"stored event {row.get('seq')!r} is unreadable"):
+        values = {name: row[name] for name in EVENT_COLUMNS}
+        values["at"] = dt_from_text(row["at"])
+        values["data"] = json.loads(row["data"])
+        return Event(**values)
+
+
+def advisory_order(record: AdvisoryRecord) -> tuple[datetime, str]:
+    """Soonest disclosure first (compared as instants), then by id."""
+    return (record.plan.disclose_at.astimezone(UTC), record.id)
+
+
+def message_order(message: MessageRecord) -> tuple[int, bool, str, str, str]:
+    """By kind (in MessageKind's order: notices first), org (none first), address."""
+    org = message.org
+    return (_KIND_ORDER[message.kind], org is not None, org or "", message.address, message.envid)
+
+
+def already_stored(advisory_id: str) -> Conflict:
+    return Conflict(f"advisory {advisory_id!r} already exists; nothing was written")
+
+
+def not_stored(advisory_id: str) -> StoreError:
+    return StoreError(f"advisory {advisory_id!r} is not stored; nothing was written")
+
+
+def stale_version(advisory_id: str, given: int, stored: int) -> Conflict:
+    return Conflict(
+        f"advisory {advisory_id!r} changed since it was read (stored version {stored}, "
+        f"update is version {given}, expected {stored + 1}); nothing was written"
+    )
+
+
+def duplicate_message(column: str, value: object) -> StoreError:
+    return StoreError(f"{column} {value!r} is already used by a message; nothing was written")
+
+
+# --- the SQLite store --------------------------------------------------------
+
+
+class SqliteStore:
+    """The Store in one SQLite file. Use it on the thread that opened it."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self._conn = conn
+        self.path = path
+        conn.row_factory = _dict_row
+
+    @classmethod
+    def open(cls, path: Path) -> SqliteStore:
+        """Open (creating if needed) the state database at `path`, migrated to
+        the current schema. New folders get mode 0700, a new file 0600."""
+        path = Path(path)
+        try:
+            _make_private_dirs(path.parent)
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        except OSError as exc:
+            raise StoreError(f"{path}: cannot create the state database: {exc}") from exc
+        try:
+            conn = sqlite3.connect(path, timeout=5.0, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{path}: cannot open the state database: {exc}") from exc
+        try:
+            _configure(conn, path)
+            _migrate(conn, path)
+        except sqlite3.Error as exc:
+            conn.close()
+            raise StoreError(f"{path}: not a usable maild state database: {exc}") from exc
+        except BaseException:
+            conn.close()
+            raise
+        return cls(conn, path)
+
+    def add_advisory(
+        self, record: AdvisoryRecord, messages: Sequence[MessageRecord], event: NewEvent
+    ) -> Event:
+        row, message_rows = advisory_to_row(record), messages_to_rows(record.id, messages)
+        new = prepare_event(event)
+        with _transaction(self._conn, self.path) as conn:
+            if conn.execute("SELECT 1 FROM advisories WHERE id = ?", (record.id,)).fetchone():
+                raise already_stored(record.id)
+            conn.execute(_insert("advisories", ADVISORY_COLUMNS), row)
+            for message in message_rows:
+                for column in UNIQUE_MESSAGE_COLUMNS:
+                    sql = f"SELECT 1 FROM messages WHERE {column} = ?"
+                    if conn.execute(sql, (message[column],)).fetchone():
+                        raise duplicate_message(column, message[column])
+                conn.execute(_insert("messages", MESSAGE_COLUMNS), message)
+            return _append(conn, new)
+
+    def update_advisory(
+        self, record: AdvisoryRecord, event: NewEvent, *, cancel_pending: str | None = None
+    ) -> Event:
+        row, new = advisory_to_row(record), prepare_event(event)
+        with _transaction(self._conn, self.path) as conn:
+            sql = "SELECT version FROM advisories WHERE id = ?"
+            stored = conn.execute(sql, (record.id,)).fetchone()
+            if stored is None:
+                raise not_stored(record.id)
+            if record.version != stored["version"] + 1:
+                raise stale_version(record.id, record.version, stored["version"])
+            assignments = ", ".join(f"{c} = :{c}" for c in ADVISORY_COLUMNS)
+            conn.execute(f"UPDATE advisories SET {assignments} WHERE id = :id", row)
+            if cancel_pending is not None:
+                marks = ", ".join("?" for _ in PENDING_STATES)
+                conn.execute(
+                    f"UPDATE messages SET state = ?, detail = ? "
+                    f"WHERE advisory_id = ? AND state IN ({marks})",
+                    (MessageState.CANCELLED.value, cancel_pending, record.id, *PENDING_STATES),
+                )
+            return _append(conn, new)
+
+    def append_event(self, event: NewEvent) -> Event:
+        new = prepare_event(event)
+        with _transaction(self._conn, self.path) as conn:
+            return _append(conn, new)
+
+    def get_advisory(self, advisory_id: str) -> AdvisoryRecord | None:
+        rows = self._query("SELECT * FROM advisories WHERE id = ?", (advisory_id,))
+        return advisory_from_row(rows[0]) if rows else None
+
+    def list_advisories(self) -> list[AdvisoryRecord]:
+        records = [advisory_from_row(r) for r in self._query("SELECT * FROM advisories")]
+        return sorted(records, key=advisory_order)
+
+    def messages(self, advisory_id: str) -> list[MessageRecord]:
+        rows = self._query("SELECT * FROM messages WHERE advisory_id = ?", (advisory_id,))
+        return sorted((message_from_row(r) for r in rows), key=message_order)
+
+    def events(self, advisory_id: str | None = None) -> list[Event]:
+        if advisory_id is None:
+            rows = self._query("SELECT * FROM events ORDER BY seq")
+        else:
+            sql = "SELECT * FROM events WHERE advisory_id = ? ORDER BY seq"
+            rows = self._query(sql, (advisory_id,))
+        return [event_from_row(r) for r in rows]
+
+    def verify_history(self) -> audit.ChainCheck:
+        """Check the hash chain over the whole audit log."""
+        return audit.verify(self.events())
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def _query(self, sql: str, params: Sequence[object] = ()) -> list[Row]:
+        try:
+            return self._conn.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: cannot read the state database: {exc}") from exc
+
+
+def _dict_row(cursor: sqlite3.Cursor, values: tuple[Any, ...]) -> Row:
+    return {d[0]: v for d, v in zip(cursor.description, values, strict=True)}
+
+
+def _insert(table: str, columns: Sequence[str]) -> str:
+    names, marks = ", ".join(columns), ", ".join(f":{c}" for c in columns)
+    return f"INSERT INTO {table} ({names}) VALUES ({marks})"
+
+
+def _append(conn: sqlite3.Connection, new: NewEvent) -> Event:
+    """Chain `new` after the last stored event and insert it (in the caller's
+    transaction); returns the event exactly as it will read back."""
+    last = conn.execute("SELECT * FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+    row = event_to_row(audit.chain(None if last is None else event_from_row(last), new))
+    conn.execute(_insert("events", EVENT_COLUMNS), row)
+    return event_from_row(row)
+
+
+@contextmanager
+def _transaction(conn: sqlite3.Connection, path: Path) -> Iterator[sqlite3.Connection]:
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception; SQLite errors
+    become StoreError (and nothing was written)."""
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+    except sqlite3.Error as exc:
+        raise StoreError(f"{path}: {exc}; nothing was written") from exc
+
+
+def _make_private_dirs(folder: Path) -> None:
+    """Create `folder` and any missing parents with mode 0700 (existing ones
+    are left as they are)."""
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    for d in reversed(missing):
+        d.mkdir(mode=0o700, exist_ok=True)
+
+
+def _configure(conn: sqlite3.Connection, path: Path) -> None:
+    conn.execute("PRAGMA busy_timeout = 5000")
+    (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+    if mode != "wal":
+        raise StoreError(f"{path}: cannot use WAL journal mode (got {mode!r})")
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute("PRAGMA foreign_keys = ON")
+
+
+def _user_version(conn: sqlite3.Connection) -> int:
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    return int(version)
+
+
+def _migrate(conn: sqlite3.Connection, path: Path) -> None:
+    """Bring the schema to len(MIGRATIONS), one transaction per step; a step
+    another process already applied meanwhile is skipped."""
+    current, known = _user_version(conn), len(MIGRATIONS)
+    if current > known:
+        raise StoreError(
+            f"{path}: schema version {current} is newer than this maild understands "
+            f"({known}); upgrade maild"
+        )
+    for version in range(current, known):
+        with _transaction(conn, path):
+            if _user_version(conn) != version:
+                continue
+            for statement in _statements(MIGRATIONS[version]):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {version + 1}")
+
+
+def _statements(script: str) -> Iterator[str]:
+    """Split an SQL script into complete statements (triggers included)."""
+    pending = ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            yield pending
+            pending = ""
+    if pending.strip():
+        raise ValueError(f"incomplete SQL statement in a migration: {pending.strip()!r}")

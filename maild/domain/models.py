@@ -1,0 +1,146 @@
+"""Records maild keeps: advisories, per-recipient messages, audit events."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+from maild.domain.policy import Plan, PolicyInput
+
+
+class Preannounce(StrEnum):
+    FULL = "full"
+    MINIMAL = "minimal"
+    NONE = "none"
+
+
+class AdvisoryState(StrEnum):
+    SCHEDULED = "scheduled"  # accepted; notices not yet released
+    NOTIFIED = "notified"  # notices released; disclosure pending
+    DISCLOSED = "disclosed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_open(self) -> bool:
+        return self in (AdvisoryState.SCHEDULED, AdvisoryState.NOTIFIED)
+
+
+class MessageKind(StrEnum):
+    NOTICE = "notice"
+    PREANNOUNCEMENT = "preannouncement"
+    DISCLOSURE = "disclosure"
+    REPLY = "reply"
+    ALERT = "alert"
+
+
+class MessageState(StrEnum):
+    QUEUED = "queued"
+    SENDING = "sending"
+    ACCEPTED = "accepted"
+    DEFERRED = "deferred"
+    FAILED = "failed"
+    BLOCKED = "blocked"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_pending(self) -> bool:
+        """Not yet handed to the smarthost: may still be cancelled."""
+        return self in (MessageState.QUEUED, MessageState.DEFERRED, MessageState.BLOCKED)
+
+
+@dataclass(frozen=True)
+class AdvisoryMeta:
+    """The advisory's front matter: everything but the draft text itself."""
+
+    id: str
+    title: str
+    component: str
+    rules: PolicyInput
+    cves: tuple[str, ...] = ()
+    extra_recipients: tuple[str, ...] = ()
+    preannounce: Preannounce = Preannounce.FULL
+
+
+@dataclass(frozen=True)
+class Advisory:
+    """A parsed advisory file: front matter, Markdown draft, the file as given."""
+
+    meta: AdvisoryMeta
+    body: str
+    id_assigned: bool = False  # True when the file had no `id` and one was made
+
+
+@dataclass(frozen=True)
+class AdvisoryRecord:
+    """An accepted advisory as stored. `sealed` holds the advisory file and
+    its patches encrypted to the identity key; nothing here is the draft text."""
+
+    meta: AdvisoryMeta
+    plan: Plan
+    state: AdvisoryState
+    sealed: bytes
+    patch_names: tuple[str, ...]
+    created_at: datetime
+    updated_at: datetime
+    version: int = 1
+
+    @property
+    def id(self) -> str:
+        return self.meta.id
+
+    def next_action(self) -> tuple[str, datetime | None]:
+        """What happens next to this advisory, and when (None: nothing)."""
+        if not self.state.is_open:
+            return (f"none ({self.state.value})", None)
+        if self.state is AdvisoryState.SCHEDULED and self.plan.notify_at is not None:
+            return ("send notices", self.plan.notify_at)
+        return ("disclose", self.plan.disclose_at)
+
+
+@dataclass(frozen=True)
+class MessageRecord:
+    """One message sent or held for an advisory: the receipt of DESIGN.md 6."""
+
+    advisory_id: str
+    kind: MessageKind
+    address: str
+    message_id: str
+    envid: str
+    state: MessageState = MessageState.QUEUED
+    org: str | None = None
+    fingerprint: str | None = None
+    detail: str | None = None
+    attempts: int = 0
+    smtp_code: int | None = None
+    smtp_response: str | None = None
+    sent_at: datetime | None = None
+    dsn: str | None = None
+    acked_at: datetime | None = None
+    ack_token: str | None = None
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    """An audit event about to be appended (the store numbers and chains it)."""
+
+    at: datetime
+    kind: str
+    actor: str
+    advisory_id: str | None = None
+    data: Mapping[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Event:
+    """An audit event as stored: numbered, and chained to the one before."""
+
+    seq: int
+    at: datetime
+    kind: str
+    actor: str
+    advisory_id: str | None
+    data: Mapping[str, object]
+    prev_hash: str
+    hash: str
