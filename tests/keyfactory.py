@@ -1,0 +1,88 @@
+"""Thin helpers for tests that need real gnupg keyrings.
+
+Homes live directly under /tmp with a short name: gpg-agent's socket path must stay under
+~100 characters, which pytest's tmp_path does not guarantee.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import gnupg
+
+from maild.adapters.gpg import Keyring
+
+
+def short_home() -> Path:
+    """A fresh, short gnupg home directory under /tmp (mode 0700)."""
+    return Path(tempfile.mkdtemp(prefix="mk-", dir="/tmp"))
+
+
+@contextmanager
+def temp_keyring() -> Iterator[Keyring]:
+    """A Keyring in a throwaway home; its agent is stopped and the home removed afterwards."""
+    home = short_home()
+    ring = Keyring(home)
+    try:
+        yield ring
+    finally:
+        ring.close()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def raw_gpg(ring: Keyring, *args: str, created: datetime | None = None) -> bytes:
+    """Run gpg on the ring's home for things the adapter deliberately cannot do."""
+    command = [
+        "gpg",
+        "--homedir",
+        str(ring.home),
+        "--batch",
+        "--yes",
+        "--no-tty",
+        "--pinentry-mode",
+        "loopback",
+        "--passphrase",
+        "",
+    ]
+    if created is not None:
+        stamp = created.astimezone(UTC).strftime("%Y%m%dT%H%M%S")
+        command += ["--faked-system-time", stamp + "!"]  # frozen, as in Keyring.generate
+    proc = subprocess.run(
+        [*command, *args], capture_output=True, timeout=60, check=False, stdin=subprocess.DEVNULL
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"gpg {args[:2]} failed: {proc.stderr.decode(errors='replace')}")
+    return proc.stdout
+
+
+def export_secret(ring: Keyring, fingerprint: str) -> bytes:
+    """ASCII-armored SECRET key (only tests need this: the product never exports secrets)."""
+    return raw_gpg(ring, "--armor", "--export-secret-keys", fingerprint)
+
+
+def add_encryption_subkey(
+    ring: Keyring, fingerprint: str, *, expire: str, created: datetime | None = None
+) -> None:
+    """Add a cv25519 encryption subkey with its own expiry (e.g. one that already expired)."""
+    raw_gpg(ring, "--quick-add-key", fingerprint, "cv25519", "encr", expire, created=created)
+
+
+def subkey_fingerprints(ring: Keyring, fingerprint: str) -> tuple[str, ...]:
+    """Fingerprints of the subkeys of a key, from gpg's --with-colons listing."""
+    out = raw_gpg(
+        ring, "--with-colons", "--fingerprint", "--fingerprint", "--list-keys", fingerprint
+    )
+    fprs = [line.split(":")[9] for line in out.decode().splitlines() if line.startswith("fpr:")]
+    return tuple(fpr for fpr in fprs if fpr != fingerprint)
+
+
+def recipients(ring: Keyring, message: bytes) -> list[str]:
+    """Key ids an OpenPGP message is encrypted to (as listed by gpg, no decryption)."""
+    ids: list[str] = gnupg.GPG(gnupghome=str(ring.home)).get_recipients(message)
+    return ids

@@ -1,0 +1,379 @@
+"""The gpg adapter against real, throwaway gnupg keyrings made in the test."""
+
+from __future__ import annotations
+
+import shutil
+import stat
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from maild.adapters.gpg import GpgError, Keyring
+from tests.keyfactory import (
+    add_encryption_subkey,
+    export_secret,
+    raw_gpg,
+    recipients,
+    short_home,
+    subkey_fingerprints,
+    temp_keyring,
+)
+
+PAST = datetime(2020, 1, 1, tzinfo=UTC)
+MISSING = "0123456789ABCDEF0123456789ABCDEF01234567"
+MESSAGE = b"Subject: CVE draft\r\n\r\nheap overflow in parse_header(), PoC attached\r\n"
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class World:
+    """Keyrings and fingerprints shared by the tests of this module."""
+
+    factory: Keyring  # made the odd keys below; holds their secrets
+    alice_ring: Keyring  # holds only Alice's key, with its secret
+    bob_ring: Keyring  # holds only Bob's key, with its secret
+    sender: Keyring  # public keys only, as the daemon would have them
+    alice: str
+    bob: str
+    expired: str
+    revoked: str
+    sign_only: str
+    soon: str
+    subkey_expired: str
+    zoe: str
+    mallory: str  # secret-only test key, never imported into `sender`
+
+
+@pytest.fixture(scope="module")
+def world() -> Iterator[World]:
+    with ExitStack() as stack:
+        factory = stack.enter_context(temp_keyring())
+        alice_ring = stack.enter_context(temp_keyring())
+        bob_ring = stack.enter_context(temp_keyring())
+        sender = stack.enter_context(temp_keyring())
+
+        alice = alice_ring.generate("Alice <alice@example.org>", expire="2y")
+        bob = bob_ring.generate("Bob <bob@example.org>", expire="2y")
+        expired = factory.generate("Old <old@example.org>", expire="1d", created=PAST)
+        revoked = factory.generate("Gone <gone@example.org>")
+        factory.revoke(revoked)
+        sign_only = factory.generate("Signer <signer@example.org>", sign_only=True)
+        soon = factory.generate("Soon <soon@example.org>", expire="10d")
+        subkey_expired = factory.generate("Half <half@example.org>", sign_only=True, created=PAST)
+        add_encryption_subkey(factory, subkey_expired, expire="1d", created=PAST)
+        zoe = factory.generate("Zoë Ünïcode <zoe@example.org>")
+        mallory = factory.generate("Mallory <mallory@example.org>")
+
+        sender.import_key(alice_ring.export_public(alice))
+        sender.import_key(bob_ring.export_public(bob))
+        for fpr in (expired, revoked, sign_only, soon, subkey_expired, zoe):
+            sender.import_key(factory.export_public(fpr))
+
+        yield World(
+            factory=factory,
+            alice_ring=alice_ring,
+            bob_ring=bob_ring,
+            sender=sender,
+            alice=alice,
+            bob=bob,
+            expired=expired,
+            revoked=revoked,
+            sign_only=sign_only,
+            soon=soon,
+            subkey_expired=subkey_expired,
+            zoe=zoe,
+            mallory=mallory,
+        )
+
+
+@pytest.fixture()
+def fresh() -> Iterator[Keyring]:
+    with temp_keyring() as ring:
+        yield ring
+
+
+# --------------------------------------------------------------------------- health
+
+
+def test_good_key_is_present_and_usable(world: World) -> None:
+    """A freshly imported normal key is reported present, encryptable, with no problem."""
+    health = world.sender.health(world.alice, now())
+    assert health.fingerprint == world.alice
+    assert health.present
+    assert health.can_encrypt
+    assert not health.revoked
+    assert not health.expired
+    assert health.problem() is None
+    assert health.uids == ("Alice <alice@example.org>",)
+    assert not health.has_secret  # the daemon's keyring holds public keys only
+    assert health.expires_at is not None and health.expires_at.tzinfo is not None
+    assert world.alice_ring.health(world.alice, now()).has_secret
+
+
+def test_missing_fingerprint_is_named_missing(world: World) -> None:
+    """A fingerprint not in the keyring is 'no key with this fingerprint in the keys folder'."""
+    health = world.sender.health(MISSING, now())
+    assert not health.present
+    assert not health.can_encrypt
+    assert health.problem() == "no key with this fingerprint in the keys folder"
+
+
+def test_expired_key_reports_its_expiry_date(world: World) -> None:
+    """A key generated as if on 2020-01-01 with 1d expiry reads 'key expired on 2020-01-02'."""
+    health = world.sender.health(world.expired, now())
+    assert health.present
+    assert health.expired
+    assert not health.can_encrypt
+    assert health.expires_at == datetime(2020, 1, 2, tzinfo=UTC)
+    assert health.problem() == "key expired on 2020-01-02"
+
+
+def test_generated_with_created_is_expired_in_its_own_keyring(world: World) -> None:
+    """generate(created=2020-01-01, expire='1d') makes a key whose health says expired."""
+    health = world.factory.health(world.expired, now())
+    assert health.has_secret
+    assert health.expired
+    assert health.problem() == "key expired on 2020-01-02"
+
+
+def test_expiry_is_judged_against_the_now_passed_in(world: World) -> None:
+    """A key valid for two years reads expired when asked about a date three years ahead."""
+    later = now() + timedelta(days=3 * 366)
+    health = world.sender.health(world.alice, later)
+    assert health.expired
+    assert not health.can_encrypt
+    assert health.expires_at is not None
+    assert health.problem() == f"key expired on {health.expires_at.date().isoformat()}"
+
+
+def test_revoked_key_reads_revoked(world: World) -> None:
+    """A key whose revocation certificate was imported reads 'key is revoked', even elsewhere."""
+    for ring in (world.factory, world.sender):
+        health = ring.health(world.revoked, now())
+        assert health.present
+        assert health.revoked
+        assert not health.can_encrypt
+        assert health.problem() == "key is revoked"
+
+
+def test_sign_only_key_cannot_encrypt(world: World) -> None:
+    """A key without an encryption subkey reads 'key cannot encrypt (sign-only)'."""
+    health = world.sender.health(world.sign_only, now())
+    assert health.present
+    assert not health.revoked
+    assert not health.expired
+    assert not health.can_encrypt
+    assert health.expires_at is None
+    assert health.problem() == "key cannot encrypt (sign-only)"
+
+
+def test_key_whose_encryption_subkey_alone_expired_reads_expired(world: World) -> None:
+    """A never-expiring primary whose only encryption subkey expired reads expired, with date."""
+    health = world.sender.health(world.subkey_expired, now())
+    assert health.present
+    assert not health.revoked
+    assert health.expired
+    assert not health.can_encrypt
+    assert health.problem() == "key expired on 2020-01-02"
+
+
+def test_expires_within_window(world: World) -> None:
+    """A key expiring in 10 days is flagged for a 30-day window; a 2-year key is not."""
+    t = now()
+    soon = world.sender.health(world.soon, t)
+    assert soon.problem() is None
+    assert soon.expires_within(t, 30)
+    assert not soon.expires_within(t, 5)
+    assert not world.sender.health(world.alice, t).expires_within(t, 30)
+    assert not world.sender.health(world.sign_only, t).expires_within(t, 30)  # never expires
+    assert not world.sender.health(MISSING, t).expires_within(t, 30)
+
+
+def test_utf8_user_ids_survive(world: World) -> None:
+    """User ids with non-ASCII characters are reported as written."""
+    assert world.sender.health(world.zoe, now()).uids == ("Zoë Ünïcode <zoe@example.org>",)
+
+
+def test_health_never_answers_for_another_key(world: World) -> None:
+    """Short ids, subkey fingerprints and near-misses never return another key's data."""
+    t = now()
+    short_id = world.alice[-16:]
+    subkey = subkey_fingerprints(world.sender, world.alice)[0]
+    near_miss = world.alice[:-1] + ("0" if world.alice[-1] != "0" else "1")
+    for asked in (short_id, "0x" + short_id, subkey, near_miss, "Alice", world.alice[:39]):
+        health = world.sender.health(asked, t)
+        assert not health.present, asked
+        assert health.uids == ()
+        assert health.fingerprint == asked
+        assert health.problem() is not None
+    assert world.sender.health(short_id, t).problem() == "not a full 40-hex fingerprint"
+    bob = world.sender.health(world.bob, t)
+    assert bob.fingerprint == world.bob
+    assert bob.uids == ("Bob <bob@example.org>",)
+
+
+def test_lowercase_full_fingerprint_is_the_same_key(world: World) -> None:
+    """A full fingerprint in lower case finds the key and is reported upper-cased."""
+    health = world.sender.health(world.alice.lower(), now())
+    assert health.present
+    assert health.fingerprint == world.alice
+
+
+def test_naive_now_is_refused(world: World) -> None:
+    """Health needs an aware 'now': a naive datetime is a programming error, not a guess."""
+    with pytest.raises(ValueError):
+        world.sender.health(world.alice, datetime(2026, 1, 1))
+
+
+# ------------------------------------------------------------------------- importing
+
+
+def test_import_folder_reports_files_and_refuses_secret_keys(
+    world: World, fresh: Keyring, tmp_path: Path
+) -> None:
+    """Each *.asc is imported on its own; bad files are named, a SECRET key is refused."""
+    folder = tmp_path / "keys"
+    folder.mkdir()
+    (folder / "alice.asc").write_bytes(world.alice_ring.export_public(world.alice))
+    (folder / "both.asc").write_bytes(
+        world.bob_ring.export_public(world.bob) + world.factory.export_public(world.soon)
+    )
+    (folder / "garbage.asc").write_bytes(b"this is not a key\n")
+    (folder / "empty.asc").write_bytes(b"")
+    (folder / "binary.asc").write_bytes(raw_gpg(world.bob_ring, "--export", world.bob))
+    (folder / "mallory-secret.asc").write_bytes(export_secret(world.factory, world.mallory))
+    (folder / "mixed.asc").write_bytes(
+        world.factory.export_public(world.zoe) + export_secret(world.factory, world.mallory)
+    )
+    (folder / "dir.asc").mkdir()
+    (folder / "notes.txt").write_bytes(world.factory.export_public(world.expired))
+
+    result = fresh.import_folder(folder)
+
+    assert result.files == {"alice.asc": (world.alice,), "both.asc": (world.bob, world.soon)}
+    assert result.fingerprints == frozenset({world.alice, world.bob, world.soon})
+    problems = dict(line.split(": ", 1) for line in result.problems)
+    assert sorted(problems) == sorted(
+        ["binary.asc", "dir.asc", "empty.asc", "garbage.asc", "mallory-secret.asc", "mixed.asc"]
+    )
+    for refused in ("mallory-secret.asc", "mixed.asc"):
+        assert "SECRET" in problems[refused]
+        assert "do not import" in problems[refused]
+    assert "not ASCII-armored" in problems["binary.asc"]
+    assert "no OpenPGP key" in problems["garbage.asc"]
+    assert "no OpenPGP key" in problems["empty.asc"]
+    assert "unreadable" in problems["dir.asc"]
+    assert all("\n" not in line for line in result.problems)
+
+    mallory = fresh.health(world.mallory, now())
+    assert not mallory.present
+    assert not mallory.has_secret
+    assert list((fresh.home / "private-keys-v1.d").glob("*")) == []
+    assert not fresh.health(world.zoe, now()).present  # a file with a secret is refused whole
+    assert not fresh.health(world.expired, now()).present  # only *.asc files are read
+
+
+def test_import_folder_missing_folder_is_a_problem_not_an_exception(
+    fresh: Keyring, tmp_path: Path
+) -> None:
+    """A keys folder that does not exist yields one problem line and no keys."""
+    result = fresh.import_folder(tmp_path / "nope")
+    assert result.files == {}
+    assert result.fingerprints == frozenset()
+    assert len(result.problems) == 1
+    assert "does not exist" in result.problems[0]
+
+
+def test_import_key_refuses_secret_key_material(world: World, fresh: Keyring) -> None:
+    """import_key raises for a secret key and leaves nothing behind."""
+    with pytest.raises(GpgError, match="SECRET"):
+        fresh.import_key(export_secret(world.factory, world.mallory))
+    assert not fresh.health(world.mallory, now()).present
+    assert list((fresh.home / "private-keys-v1.d").glob("*")) == []
+
+
+def test_import_key_rejects_garbage(fresh: Keyring) -> None:
+    """import_key raises GpgError for data that holds no key."""
+    with pytest.raises(GpgError, match="no OpenPGP key"):
+        fresh.import_key(b"-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nnope\n")
+
+
+# ---------------------------------------------------------------------- encryption
+
+
+def test_encrypt_to_one_key_decrypts_only_with_its_secret(world: World) -> None:
+    """A binary message to Alice decrypts with Alice's keyring and not with Bob's."""
+    ciphertext = world.sender.encrypt(MESSAGE, world.alice, now())
+    assert MESSAGE not in ciphertext
+    assert not ciphertext.startswith(b"-----BEGIN")  # binary, not armored
+    alice_enc_subkeys = {fpr[-16:] for fpr in subkey_fingerprints(world.sender, world.alice)}
+    assert set(recipients(world.sender, ciphertext)) <= alice_enc_subkeys
+    assert len(recipients(world.sender, ciphertext)) == 1
+
+    assert world.alice_ring.decrypt(ciphertext) == MESSAGE
+    with pytest.raises(GpgError) as caught:
+        world.bob_ring.decrypt(ciphertext)
+    assert b"heap overflow" not in str(caught.value).encode()
+    with pytest.raises(GpgError):
+        world.sender.decrypt(ciphertext)  # public keys only: cannot read what it sent
+
+
+@pytest.mark.parametrize(
+    ("which", "phrase"),
+    [
+        ("revoked", "key is revoked"),
+        ("expired", "key expired on 2020-01-02"),
+        ("subkey_expired", "key expired on 2020-01-02"),
+        ("sign_only", "key cannot encrypt (sign-only)"),
+        ("missing", "no key with this fingerprint"),
+    ],
+)
+def test_encrypt_refuses_unusable_keys(world: World, which: str, phrase: str) -> None:
+    """Encrypting to a revoked/expired/sign-only/missing key raises, naming key and problem."""
+    fpr = MISSING if which == "missing" else getattr(world, which)
+    with pytest.raises(GpgError) as caught:
+        world.sender.encrypt(MESSAGE, fpr, now())
+    message = str(caught.value)
+    assert fpr in message
+    assert phrase in message
+    assert "heap overflow" not in message
+    assert "\n" not in message
+
+
+def test_encrypt_refuses_short_ids(world: World) -> None:
+    """Encryption is addressed by full fingerprint only; a short id is refused."""
+    with pytest.raises(GpgError, match="not a full 40-hex fingerprint"):
+        world.sender.encrypt(MESSAGE, world.alice[-16:], now())
+
+
+# ------------------------------------------------------------------------ keyring
+
+
+def test_home_is_created_private_and_tightened() -> None:
+    """A keyring home is made mode 0700, and an existing too-open home is tightened."""
+    base = short_home()
+    try:
+        new_home = base / "a" / "b"
+        ring = Keyring(new_home)
+        assert stat.S_IMODE(new_home.stat().st_mode) == 0o700
+        ring.close()
+        open_home = base / "open"
+        open_home.mkdir(mode=0o755)
+        open_home.chmod(0o755)
+        Keyring(open_home).close()
+        assert stat.S_IMODE(open_home.stat().st_mode) == 0o700
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_export_public_of_unknown_key_raises(fresh: Keyring) -> None:
+    """Exporting a key the keyring does not hold is an error, not an empty export."""
+    with pytest.raises(GpgError):
+        fresh.export_public(MISSING)
