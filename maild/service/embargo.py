@@ -1,0 +1,246 @@
+"""The embargo desk: accept advisories and change embargoes, each change one
+transaction with one audit event. Works on ports; time is an argument."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+
+from maild.domain.advisory import parse_advisory
+from maild.domain.businessdays import BusinessCalendar
+from maild.domain.models import (
+    AdvisoryRecord,
+    AdvisoryState,
+    MessageKind,
+    MessageRecord,
+    MessageState,
+    NewEvent,
+)
+from maild.domain.orgs import OrgList
+from maild.domain.policy import Plan, PolicyError, PolicyInput, plan
+from maild.service.ports import Store
+
+PATCH_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+
+
+class UserError(ValueError):
+    """A request that cannot be done as asked; one line saying why."""
+
+
+@dataclass(frozen=True)
+class Patch:
+    name: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Desk:
+    """What `submit`, `cancel`, `reschedule` and `disclose-now` do.
+
+    `seal` encrypts bytes to the identity key (the advisory never rests in
+    clear); `key_problem` says why a pinned fingerprint cannot be used now,
+    or None when it can.
+    """
+
+    store: Store
+    calendar: BusinessCalendar
+    orgs: OrgList
+    mail_domain: str
+    seal: Callable[[bytes], bytes]
+    key_problem: Callable[[str], str | None]
+
+    def submit(
+        self, text: str, source: str, patches: Sequence[Patch], now: datetime, actor: str
+    ) -> AdvisoryRecord:
+        _check_patches(patches)
+        advisory = parse_advisory(
+            text, source, now=now, orgs=self.orgs.statuses(), default_id=self._next_id(now)
+        )
+        meta = advisory.meta
+        existing = self.store.get_advisory(meta.id)
+        if existing is not None:
+            raise UserError(f"{source}: id {meta.id} is already queued (state {existing.state})")
+        schedule = self._plan(meta.rules, now)
+        sealed = self.seal(_bundle(text, source, patches))
+        record = AdvisoryRecord(
+            meta=meta,
+            plan=schedule,
+            state=AdvisoryState.SCHEDULED,
+            sealed=sealed,
+            patch_names=tuple(p.name for p in patches),
+            created_at=now,
+            updated_at=now,
+        )
+        messages = self._notices(record) if schedule.has_notice else []
+        blocked = sum(1 for m in messages if m.state is MessageState.BLOCKED)
+        event = NewEvent(
+            at=now,
+            kind="submitted",
+            actor=actor,
+            advisory_id=meta.id,
+            data={
+                **_plan_data(schedule),
+                "notices": len(messages),
+                "blocked": blocked,
+                "patches": len(patches),
+            },
+        )
+        self.store.add_advisory(record, messages, event)
+        return record
+
+    def cancel(self, advisory_id: str, now: datetime, actor: str) -> AdvisoryRecord:
+        record = self._open(advisory_id, "cancel")
+        new = replace(
+            record, state=AdvisoryState.CANCELLED, updated_at=now, version=record.version + 1
+        )
+        event = NewEvent(now, "cancelled", actor, advisory_id, {"was": record.state.value})
+        self.store.update_advisory(new, event, cancel_pending="advisory cancelled")
+        return new
+
+    def reschedule(
+        self, advisory_id: str, disclosure: datetime, now: datetime, actor: str
+    ) -> AdvisoryRecord:
+        record = self._open(advisory_id, "reschedule")
+        if disclosure.tzinfo is None:
+            raise UserError("--disclosure: has no time zone; add a UTC offset like +01:00 or Z")
+        if disclosure <= now:
+            raise UserError(f"--disclosure: {disclosure.isoformat()} is in the past")
+        rules = replace(record.meta.rules, disclosure=disclosure)
+        schedule = self._plan(rules, now)
+        new = replace(
+            record,
+            meta=replace(record.meta, rules=rules),
+            plan=schedule,
+            updated_at=now,
+            version=record.version + 1,
+        )
+        data = {"from": record.plan.disclose_at.isoformat(), **_plan_data(schedule)}
+        self.store.update_advisory(new, NewEvent(now, "rescheduled", actor, advisory_id, data))
+        return new
+
+    def disclose_now(
+        self, advisory_id: str, reason: str, now: datetime, actor: str
+    ) -> AdvisoryRecord:
+        if not reason.strip():
+            raise UserError("--reason: say why the embargo ends early")
+        record = self._open(advisory_id, "disclose now")
+        disclose_at = self.calendar.local(now)
+        sent = record.state is AdvisoryState.NOTIFIED
+        schedule = Plan(
+            disclose_at=disclose_at,
+            notify_at=record.plan.notify_at if sent else None,
+            preannounce_at=record.plan.preannounce_at if sent else None,
+            business_days=record.plan.business_days if sent else None,
+            reason=f"disclosed early: {reason.strip()}",
+        )
+        new = replace(
+            record,
+            meta=replace(record.meta, rules=replace(record.meta.rules, disclosure=disclose_at)),
+            plan=schedule,
+            updated_at=now,
+            version=record.version + 1,
+        )
+        event = NewEvent(
+            now,
+            "disclose-now",
+            actor,
+            advisory_id,
+            {"reason": reason.strip(), "was": record.plan.disclose_at.isoformat()},
+        )
+        self.store.update_advisory(
+            new, event, cancel_pending="embargo ended early (disclose-now) before this was sent"
+        )
+        return new
+
+    # -- helpers ------------------------------------------------------------
+    def _open(self, advisory_id: str, verb: str) -> AdvisoryRecord:
+        record = self.store.get_advisory(advisory_id)
+        if record is None:
+            raise UserError(f"no advisory with id {advisory_id!r} (see 'maild queue')")
+        if not record.state.is_open:
+            raise UserError(f"cannot {verb} {advisory_id}: it is {record.state.value}")
+        return record
+
+    def _plan(self, rules: PolicyInput, now: datetime) -> Plan:
+        try:
+            return plan(rules, self.calendar, now)
+        except PolicyError as exc:
+            raise UserError(str(exc)) from None
+
+    def _next_id(self, now: datetime) -> str:
+        prefix = f"WG-{now.year}-"
+        used = [
+            int(r.id[len(prefix) :])
+            for r in self.store.list_advisories()
+            if r.id.startswith(prefix) and r.id[len(prefix) :].isdigit()
+        ]
+        return f"{prefix}{max(used, default=0) + 1:03d}"
+
+    def _notices(self, record: AdvisoryRecord) -> list[MessageRecord]:
+        out = []
+        for org in self.orgs.recipients(record.meta.extra_recipients):
+            for address in org.addresses:
+                problem = self.key_problem(address.key)
+                token = uuid.uuid4().hex
+                out.append(
+                    MessageRecord(
+                        advisory_id=record.id,
+                        kind=MessageKind.NOTICE,
+                        address=address.email,
+                        message_id=f"<{token}@{self.mail_domain}>",
+                        envid=token,
+                        state=MessageState.QUEUED if problem is None else MessageState.BLOCKED,
+                        org=org.id,
+                        fingerprint=address.key,
+                        detail=problem,
+                        ack_token=uuid.uuid4().hex,
+                    )
+                )
+        return out
+
+
+def _check_patches(patches: Sequence[Patch]) -> None:
+    names = set()
+    for patch in patches:
+        if not PATCH_NAME.match(patch.name):
+            raise UserError(
+                f"--patch {patch.name!r}: use a plain file name (letters, digits, .-_+)"
+            )
+        if patch.name in names:
+            raise UserError(f"--patch {patch.name}: two patches with the same name")
+        if not patch.data:
+            raise UserError(f"--patch {patch.name}: the file is empty")
+        names.add(patch.name)
+
+
+def _bundle(text: str, source: str, patches: Sequence[Patch]) -> bytes:
+    """The advisory file and its patches, as one document to seal."""
+    return json.dumps(
+        {
+            "source": source,
+            "advisory": text,
+            "patches": [
+                {"name": p.name, "data": base64.b64encode(p.data).decode()} for p in patches
+            ],
+        }
+    ).encode()
+
+
+def unbundle(data: bytes) -> tuple[str, list[Patch]]:
+    """The advisory text and patches from an unsealed bundle."""
+    doc = json.loads(data)
+    patches = [Patch(p["name"], base64.b64decode(p["data"])) for p in doc["patches"]]
+    return str(doc["advisory"]), patches
+
+
+def _plan_data(schedule: Plan) -> dict[str, object]:
+    return {
+        "disclose_at": schedule.disclose_at.isoformat(),
+        "notify_at": schedule.notify_at.isoformat() if schedule.notify_at else None,
+        "business_days": schedule.business_days,
+    }

@@ -1,0 +1,117 @@
+"""Wiring for one CLI command: config -> orgs list, keyring, store, desk."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from functools import cached_property
+from types import TracebackType
+
+from maild.adapters.gpg import FolderImport, KeyHealth, Keyring
+from maild.adapters.store import SqliteStore
+from maild.config import Config
+from maild.domain.models import AdvisoryRecord
+from maild.domain.orgs import OrgList, parse_orgs
+from maild.service.checks import Finding, check_identity, check_members, check_orgs
+from maild.service.embargo import Desk, UserError
+
+
+class Setup:
+    """Opens what a command needs, lazily, and closes it on exit."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    def __enter__(self) -> Setup:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if "store" in self.__dict__:
+            self.store.close()
+        if "keyring" in self.__dict__:
+            self.keyring.close()
+
+    @cached_property
+    def orgs(self) -> OrgList:
+        path = self.config.orgs_file
+        assert path is not None
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UserError(f"{path}: cannot read the orgs list: {exc}") from None
+        return parse_orgs(text, str(path))
+
+    @cached_property
+    def keyring(self) -> Keyring:
+        assert self.config.daemon is not None
+        return Keyring(self.config.daemon.gnupg_home)
+
+    @cached_property
+    def folder(self) -> FolderImport:
+        assert self.config.keys_dir is not None
+        return self.keyring.import_folder(self.config.keys_dir)
+
+    @cached_property
+    def store(self) -> SqliteStore:
+        assert self.config.daemon is not None
+        return SqliteStore.open(self.config.daemon.database)
+
+    def health(self, fingerprint: str, now: datetime) -> KeyHealth:
+        return self.keyring.health(fingerprint, now)
+
+    def key_problem(self, fingerprint: str, now: datetime) -> str | None:
+        """Why a pinned key cannot get a notice now (None: it can)."""
+        if fingerprint not in self.folder.fingerprints:
+            return "pinned key is not in the keys folder"
+        return self.health(fingerprint, now).problem()
+
+    def desk(self, now: datetime) -> Desk:
+        """The embargo desk, after refusing a broken orgs list or identity."""
+        if self.orgs.problems:
+            raise UserError(
+                f"{self.orgs.problems[0]} (the orgs list must be valid before any change; "
+                "'maild orgs check' lists every problem)"
+            )
+        identity = self.config.identity
+        assert identity is not None
+        found = check_identity(identity.signing_key, self.health(identity.signing_key, now))
+        if found:
+            raise UserError(f"{self.config.path}: {found[0].text}")
+        return Desk(
+            store=self.store,
+            calendar=self.config.calendar,
+            orgs=self.orgs,
+            mail_domain=identity.address.rpartition("@")[2],
+            seal=lambda data: self.keyring.encrypt(data, identity.signing_key, now),
+            key_problem=lambda fpr: self.key_problem(fpr, now),
+        )
+
+    def get(self, advisory_id: str) -> AdvisoryRecord:
+        record = self.store.get_advisory(advisory_id)
+        if record is None:
+            raise UserError(f"no advisory with id {advisory_id!r} (see 'maild queue')")
+        return record
+
+    def org_findings(self, now: datetime) -> list[Finding]:
+        return check_orgs(
+            self.orgs,
+            self.folder,
+            lambda fpr: self.health(fpr, now),
+            now,
+            str(self.config.keys_dir),
+        )
+
+    def all_findings(self, now: datetime) -> list[Finding]:
+        """Identity, members, then the orgs list: for check-config."""
+        identity = self.config.identity
+        assert identity is not None
+        found = check_identity(identity.signing_key, self.health(identity.signing_key, now))
+        if self.config.intake is not None:
+            found += check_members(
+                self.config.intake.members, self.folder, lambda fpr: self.health(fpr, now)
+            )
+        return found + self.org_findings(now)
