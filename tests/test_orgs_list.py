@@ -6,6 +6,7 @@ import pytest
 
 from maild.domain.orgs import Basis, OrgStatus, normalise_fingerprint, parse_orgs
 from maild.domain.tomlsource import SourceError
+from maild.service.demo import org_toml
 
 A = "AAAA" * 10
 B = "BBBB" * 10
@@ -20,20 +21,7 @@ def org(
     key: str = A,
     extra: str = "",
 ) -> str:
-    return f"""
-[[org]]
-id = "{org_id}"
-name = "Org {org_id}"
-basis = "distributor"
-status = "{status}"
-joined = 2026-01-15
-contacts = {contacts}
-pledge = {{ date = 2026-01-15, by = "Ana" }}
-{extra}
-  [[org.address]]
-  email = "{email}"
-  key = "{key}"
-"""
+    return org_toml(org_id, email, key, status=status, contacts=contacts, extra=extra)
 
 
 def test_good_list_parses() -> None:

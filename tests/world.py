@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from maild.adapters.gpg import Keyring
+from maild.service.demo import org_toml
 
 
 @dataclass(frozen=True)
@@ -39,21 +40,8 @@ def make_org_keys(home: Path) -> OrgKeys:
     return OrgKeys(armored, fpr)
 
 
-def org_entry(org_id: str, email: str, key: str, *, status: str = "active", extra: str = "") -> str:
-    return f"""
-[[org]]
-id = "{org_id}"
-name = "Org {org_id}"
-basis = "distributor"
-status = "{status}"
-joined = 2026-01-15
-contacts = ["Ana <ana@{org_id}.example>", "Ben <ben@{org_id}.example>"]
-pledge = {{ date = 2026-01-15, by = "Ana" }}
-{extra}
-  [[org.address]]
-  email = "{email}"
-  key = "{key}"
-"""
+def org_entry(org_id: str, email: str, key: str, *, status: str = "active") -> str:
+    return org_toml(org_id, email, key, status=status)
 
 
 @dataclass

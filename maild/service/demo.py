@@ -80,7 +80,9 @@ def _write_setup(work: Path) -> datetime:
             created=created,
         )
         (keys / f"{org_id}.asc").write_bytes(others.export_public(fpr))
-        org_entries.append(_org_toml(org_id, name, basis, fpr))
+        org_entries.append(
+            org_toml(org_id, f"security@{org_id}.example", fpr, name=name, basis=basis)
+        )
     (work / "orgs.toml").write_text("".join(org_entries), encoding="utf-8")
     (work / "maild.toml").write_text(_config_toml(wg, member), encoding="utf-8")
 
@@ -93,18 +95,31 @@ def _write_setup(work: Path) -> datetime:
     return disclosure
 
 
-def _org_toml(org_id: str, name: str, basis: str, fpr: str) -> str:
+def org_toml(
+    org_id: str,
+    email: str,
+    fpr: str,
+    *,
+    name: str | None = None,
+    basis: str = "distributor",
+    status: str = "active",
+    contacts: str | None = None,
+    extra: str = "",
+) -> str:
+    """One `[[org]]` entry of orgs.toml (used by the demo and the tests)."""
+    people = contacts or f'["Ana <ana@{org_id}.example>", "Ben <ben@{org_id}.example>"]'
     return f"""
 [[org]]
 id = "{org_id}"
-name = "{name}"
+name = "{name or f"Org {org_id}"}"
 basis = "{basis}"
-status = "active"
+status = "{status}"
 joined = 2026-01-15
-contacts = ["Ana <ana@{org_id}.example>", "Ben <ben@{org_id}.example>"]
+contacts = {people}
 pledge = {{ date = 2026-01-15, by = "Ana" }}
+{extra}
   [[org.address]]
-  email = "security@{org_id}.example"
+  email = "{email}"
   key = "{fpr}"
 """
 
