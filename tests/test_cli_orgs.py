@@ -138,3 +138,12 @@ def test_orgs_without_action_shows_help(cli: CLI, world: World) -> None:
     """`maild orgs` alone explains its actions and exits 2."""
     result = cli("--config", str(world.config), "orgs")
     assert result.code == 2 and "check" in result.err and "export" in result.err
+
+
+def test_check_config_refuses_a_member_key_that_cannot_encrypt(cli: CLI, world: World) -> None:
+    """Alerts and replies are encrypted to member keys: a sign-only one is a problem."""
+    world.add_key("signonly")
+    text = world.config.read_text().replace(world.keys.fpr["member"], world.keys.fpr["signonly"])
+    world.config.write_text(text)
+    bad = cli("--config", str(world.config), "check-config")
+    assert bad.code == 2 and "intake.members" in bad.err and "cannot encrypt" in bad.err

@@ -163,3 +163,19 @@ def test_example_config_is_valid() -> None:
     """config.example.toml, which documents every key, loads as it is."""
     cfg = configuration.load(Path(__file__).parent.parent / "config.example.toml")
     assert cfg.intake is not None and cfg.smtp is not None and cfg.announce is not None
+
+
+def test_odd_key_names_stay_on_one_line(write: Write) -> None:
+    """A quoted key with a newline in it is named escaped, on one line."""
+    path = write("maild.toml", '[calendar]\n"time\\nzone" = 1\n')
+    with pytest.raises(SourceError) as caught:
+        configuration.load(path)
+    assert "\n" not in str(caught.value) and "'time\\nzone'" in str(caught.value)
+
+
+def test_keys_and_orgs_default_beside_the_config(write: Write) -> None:
+    """[keys] dir and [orgs] file default to keys/ and orgs.toml (DESIGN.md 4)."""
+    path = write("etc/maild.toml", "[keys]\n[orgs]\n")
+    cfg = configuration.load(path)
+    assert cfg.keys_dir == path.resolve().parent / "keys"
+    assert cfg.orgs_file == path.resolve().parent / "orgs.toml"

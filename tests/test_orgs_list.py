@@ -63,6 +63,10 @@ def test_recipients_and_public_list() -> None:
         ),
         (org("one", contacts='["Ana", "Ben <ben@x.example>"]'), "'Ana' is not 'Name <"),
         (
+            org("one", contacts='["Ana <ana@x.example>", "A. <ANA@x.example>"]'),
+            "contacts: needs at least two people, found 1",
+        ),
+        (
             org("one", key="0123456789ABCDEF"),
             "orgs.toml:13: org one: address[1].key: '0123456789ABCDEF' is a short key id",
         ),

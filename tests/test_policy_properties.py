@@ -165,7 +165,8 @@ def test_accepting_after_disclosure_is_refused() -> None:
     [
         ({"notify_days": 7}, "reporter_approval"),
         ({"notify_days": 7, "reporter_approval": "  "}, "reporter_approval"),
-        ({"notify_days": 0, "reporter_approval": "ok"}, "1 or more"),
+        ({"notify_days": 0, "reporter_approval": "ok"}, "from 1 to 60"),
+        ({"notify_days": 61, "reporter_approval": "ok"}, "from 1 to 60"),
         ({"disclosure": datetime(2026, 12, 8, 17)}, "no time zone"),
     ],
 )

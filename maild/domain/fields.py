@@ -47,6 +47,8 @@ class Table:
     # -- errors -----------------------------------------------------------
     def error(self, key: str | None, problem: str) -> SourceError:
         path = self.path if key is None else (*self.path, key)
+        if key is not None and not key.isprintable():
+            key = repr(key)  # keep the message on one line
         name = f"{self.label}{key}" if key is not None else self.label.rstrip(" .")
         prefix = f"{name}: " if name else ""
         return SourceError(f"{where(self.source, self.index, path)}: {prefix}{problem}")

@@ -178,16 +178,18 @@ def _parse_org(t: Table) -> Org | None:
 
 
 def _check_contacts(t: Table, contacts: tuple[str, ...]) -> None:
-    if len(contacts) < 2:
-        t.problems.append(
-            str(t.error("contacts", f"needs at least two people, found {len(contacts)}"))
-        )
+    people = set()
     for contact in contacts:
         _, email = parseaddr(contact)
         if not EMAIL.match(email):
             t.problems.append(
                 str(t.error("contacts", f"{contact!r} is not 'Name <address@example.org>'"))
             )
+        people.add(email.lower())
+    if len(people) < 2:
+        t.problems.append(
+            str(t.error("contacts", f"needs at least two people, found {len(people)}"))
+        )
 
 
 def _pledge(t: Table) -> tuple[date, str] | None:

@@ -15,6 +15,7 @@ from maild.domain.businessdays import BusinessCalendar
 
 NORMAL_DAYS = 5
 CRITICAL_EXPLOITED_DAYS = 1
+MAX_NOTIFY_DAYS = 60  # about three months of business days
 
 
 class Severity(StrEnum):
@@ -53,8 +54,11 @@ class PolicyInput:
         if self.notify_not_before is not None:
             _require_aware("notify_not_before", self.notify_not_before)
         if self.notify_days is not None:
-            if isinstance(self.notify_days, bool) or self.notify_days < 1:
-                raise PolicyError("notify_days: must be a whole number of business days, 1 or more")
+            if isinstance(self.notify_days, bool) or not 1 <= self.notify_days <= MAX_NOTIFY_DAYS:
+                raise PolicyError(
+                    f"notify_days: must be a whole number of business days from 1 to "
+                    f"{MAX_NOTIFY_DAYS}, not {self.notify_days}"
+                )
             if not (self.reporter_approval or "").strip():
                 raise PolicyError(
                     "notify_days: needs reporter_approval (the RFC requires the reporter's "
@@ -96,6 +100,15 @@ def plan(rules: PolicyInput, calendar: BusinessCalendar, now: datetime | None = 
     """
     if now is not None:
         _require_aware("now", now)
+    try:
+        return _plan(rules, calendar, now)
+    except OverflowError:
+        raise PolicyError(
+            f"disclosure: {rules.disclosure.isoformat()} is outside the dates maild can plan"
+        ) from None
+
+
+def _plan(rules: PolicyInput, calendar: BusinessCalendar, now: datetime | None) -> Plan:
     disclose_at = calendar.local(rules.disclosure)
     days = required_days(rules)
     if days is None:

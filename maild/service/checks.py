@@ -85,7 +85,7 @@ def check_members(
         if fpr not in folder.fingerprints:
             findings.append(Finding(True, f"intake.members {fpr}: not in the keys folder"))
             continue
-        key = health(fpr)
-        if key.revoked or key.expired:
-            findings.append(Finding(True, f"intake.members {fpr}: {key.problem()}"))
+        problem = health(fpr).problem()  # replies and alerts are encrypted to it
+        if problem is not None:
+            findings.append(Finding(True, f"intake.members {fpr}: {problem}"))
     return findings

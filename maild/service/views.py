@@ -42,7 +42,10 @@ def plan_json(plan: Plan, clock: Clock) -> dict[str, Any]:
 def plan_text(plan: Plan, clock: Clock) -> str:
     notice = "none"
     if plan.notify_at is not None:
-        notice = f"{clock.human(plan.notify_at)}, {plan.business_days} business days before"
+        days = plan.business_days
+        notice = (
+            f"{clock.human(plan.notify_at)}, {days} business day{'' if days == 1 else 's'} before"
+        )
     rows = [
         ("disclosure", clock.human(plan.disclose_at)),
         ("advance notice", notice),
