@@ -264,3 +264,28 @@ def test_commands_without_a_config_say_how_to_give_one(cli: CLI) -> None:
     """Every command but plan needs a config, and says how to give it."""
     result = cli("--config", "/nonexistent/maild.toml", "queue")
     assert result.code == 2 and "no such config file" in result.err
+
+
+def test_ending_an_embargo_never_waits_on_a_broken_orgs_list(cli: CLI, world: World) -> None:
+    """cancel and disclose-now work even while orgs.toml has a problem;
+    submit and reschedule, which plan notices, are refused."""
+    cfg = ("--config", str(world.config))
+    a = submit(cli, world)["id"]
+    b = submit(cli, world)["id"]
+    world.write_orgs(world.orgs_text.replace('basis = "distributor"', 'basis = "vendor"', 1))
+    assert cli(*cfg, "cancel", a).code == 0
+    assert cli(*cfg, "disclose-now", b, "--reason", "leaked").code == 0
+    later = (datetime.now(UTC) + timedelta(days=40)).replace(microsecond=0).isoformat()
+    refused = cli(*cfg, "reschedule", b, "--disclosure", later)
+    assert refused.code == 2 and "basis" in refused.err
+
+
+def test_state_folders_are_owner_only(cli: CLI, world: World) -> None:
+    """A state_dir that does not exist yet is created 0700, database 0600."""
+    world.write_config()
+    text = world.config.read_text().replace('state_dir = "state"', 'state_dir = "new/state"')
+    world.config.write_text(text.replace("[identity]", 'gnupg_home = "state/gnupg"\n\n[identity]'))
+    assert cli("--config", str(world.config), "queue").code == 0
+    for folder in (world.root / "new", world.root / "new" / "state"):
+        assert folder.stat().st_mode & 0o777 == 0o700, folder
+    assert (world.root / "new" / "state" / "maild.db").stat().st_mode & 0o777 == 0o600

@@ -125,3 +125,48 @@ def test_changes_to_closed_or_unknown_advisories_are_refused() -> None:
     with pytest.raises(UserError, match="no advisory with id 'nope'"):
         desk.cancel("nope", now, "cli:t")
     assert [e.kind for e in store.events()] == ["submitted", "cancelled"]
+
+
+def test_reschedule_that_creates_a_notice_adds_the_recipients() -> None:
+    """An advisory whose embargo terms allowed no notice gets its notices
+    when a later disclosure makes room for one, in the same change."""
+    store = MemoryStore()
+    desk = make_desk(store)
+    now = datetime(2026, 11, 24, tzinfo=UTC)
+    text = advisory().replace(
+        'category = "toolchain"', 'category = "toolchain"\nnotify_not_before = 2026-12-20T00:00:00Z'
+    )
+    record = desk.submit(text, "a.md", [], now, "cli:t")
+    assert record.plan.notify_at is None and store.messages(record.id) == []
+    moved = desk.reschedule(record.id, datetime(2027, 1, 20, 17, tzinfo=UTC), now, "cli:t")
+    assert moved.plan.notify_at == datetime(2027, 1, 13, 17, tzinfo=UTC)
+    assert {m.org for m in store.messages(record.id)} == {"one", "two"}
+    back = desk.reschedule(record.id, DISCLOSURE, now, "cli:t")
+    assert back.plan.notify_at is None
+    assert {m.state for m in store.messages(record.id)} == {MessageState.CANCELLED}
+
+
+def test_rescheduling_after_the_notices_keeps_when_they_went_out() -> None:
+    """Once notified, a reschedule moves only the disclosure: the plan still
+    says when the notices were sent and how much notice they gave."""
+    store = MemoryStore()
+    desk = make_desk(store)
+    now = datetime(2026, 11, 24, tzinfo=UTC)
+    record = desk.submit(advisory(), "a.md", [], now, "cli:t")
+    notified = replace(record, state=AdvisoryState.NOTIFIED, version=record.version + 1)
+    store.update_advisory(notified, NewEvent(now, "test-notified", "test"))
+    later = datetime(2026, 12, 7, tzinfo=UTC)
+    moved = desk.reschedule(record.id, DISCLOSURE + timedelta(days=7), later, "cli:t")
+    assert moved.plan.disclose_at == DISCLOSURE + timedelta(days=7)
+    assert moved.plan.notify_at == record.plan.notify_at
+    assert moved.plan.business_days == 5
+
+
+def test_preannounce_none_means_no_preannouncement_time() -> None:
+    """`preannounce = "none"` leaves the plan without a pre-announcement."""
+    store = MemoryStore()
+    text = advisory().replace(
+        'category = "toolchain"', 'category = "toolchain"\npreannounce = "none"'
+    )
+    record = make_desk(store).submit(text, "a.md", [], datetime(2026, 11, 24, tzinfo=UTC), "t")
+    assert record.plan.notify_at is not None and record.plan.preannounce_at is None

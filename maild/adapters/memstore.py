@@ -9,8 +9,10 @@ change what is stored. A write checks everything before it changes anything.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
 from maild.adapters.store import (
+    MUTABLE_MESSAGE_COLUMNS,
     PENDING_STATES,
     UNIQUE_MESSAGE_COLUMNS,
     Row,
@@ -23,10 +25,13 @@ from maild.adapters.store import (
     event_to_row,
     message_from_row,
     message_order,
+    message_to_row,
     messages_to_rows,
     not_stored,
+    payload_row,
     prepare_event,
     stale_version,
+    unknown_message,
 )
 from maild.domain import audit
 from maild.domain.models import AdvisoryRecord, Event, MessageRecord, MessageState, NewEvent
@@ -40,6 +45,7 @@ class MemoryStore:
         self._advisories: dict[str, Row] = {}
         self._messages: list[Row] = []
         self._events: list[Row] = []
+        self._payloads: dict[str, Row] = {}
         self._closed = False
 
     def add_advisory(
@@ -50,12 +56,7 @@ class MemoryStore:
         new = prepare_event(event)
         if record.id in self._advisories:
             raise already_stored(record.id)
-        taken = {c: {m[c] for m in self._messages} for c in UNIQUE_MESSAGE_COLUMNS}
-        for message in message_rows:
-            for column in UNIQUE_MESSAGE_COLUMNS:
-                if message[column] in taken[column]:
-                    raise duplicate_message(column, message[column])
-                taken[column].add(message[column])
+        self._check_unique(message_rows)
         event_row = self._chain(new)
         self._advisories[record.id] = row
         self._messages.extend(message_rows)
@@ -63,15 +64,22 @@ class MemoryStore:
         return event_from_row(event_row)
 
     def update_advisory(
-        self, record: AdvisoryRecord, event: NewEvent, *, cancel_pending: str | None = None
+        self,
+        record: AdvisoryRecord,
+        event: NewEvent,
+        *,
+        cancel_pending: str | None = None,
+        add_messages: Sequence[MessageRecord] = (),
     ) -> Event:
         self._check_open()
         row, new = advisory_to_row(record), prepare_event(event)
+        message_rows = messages_to_rows(record.id, add_messages)
         stored = self._advisories.get(record.id)
         if stored is None:
             raise not_stored(record.id)
         if record.version != stored["version"] + 1:
             raise stale_version(record.id, record.version, stored["version"])
+        self._check_unique(message_rows)
         event_row = self._chain(new)
         self._advisories[record.id] = row
         if cancel_pending is not None:
@@ -81,6 +89,7 @@ class MemoryStore:
                 else m
                 for m in self._messages
             ]
+        self._messages.extend(message_rows)
         self._events.append(event_row)
         return event_from_row(event_row)
 
@@ -89,6 +98,50 @@ class MemoryStore:
         event_row = self._chain(prepare_event(event))
         self._events.append(event_row)
         return event_from_row(event_row)
+
+    def add_messages(self, advisory_id: str, messages: Sequence[MessageRecord]) -> None:
+        self._check_open()
+        message_rows = messages_to_rows(advisory_id, messages)
+        if advisory_id not in self._advisories:
+            raise not_stored(advisory_id)
+        self._check_unique(message_rows)
+        self._messages.extend(message_rows)
+
+    def update_messages(self, messages: Sequence[MessageRecord]) -> None:
+        self._check_open()
+        rows = [message_to_row(m) for m in messages]
+        index = {m["message_id"]: i for i, m in enumerate(self._messages)}
+        for row in rows:
+            if row["message_id"] not in index:
+                raise unknown_message(row["message_id"])
+        for row in rows:
+            i = index[row["message_id"]]
+            self._messages[i] = {
+                **self._messages[i],
+                **{c: row[c] for c in MUTABLE_MESSAGE_COLUMNS},
+            }
+
+    def put_payload(
+        self, message_id: str, advisory_version: int, data: bytes, at: datetime
+    ) -> None:
+        self._check_open()
+        row = payload_row(message_id, advisory_version, data, at)
+        if not any(m["message_id"] == message_id for m in self._messages):
+            raise unknown_message(message_id)
+        self._payloads[message_id] = row
+
+    def payload(self, message_id: str) -> tuple[int, bytes] | None:
+        self._check_open()
+        row = self._payloads.get(message_id)
+        return None if row is None else (row["advisory_version"], row["data"])
+
+    def payload_versions(self, advisory_id: str) -> dict[str, int]:
+        self._check_open()
+        ids = {m["message_id"] for m in self._messages if m["advisory_id"] == advisory_id}
+        return {k: v["advisory_version"] for k, v in self._payloads.items() if k in ids}
+
+    def data_version(self) -> int:
+        return 0  # no other process can change it
 
     def get_advisory(self, advisory_id: str) -> AdvisoryRecord | None:
         self._check_open()
@@ -120,6 +173,14 @@ class MemoryStore:
     def _chain(self, new: NewEvent) -> Row:
         last = event_from_row(self._events[-1]) if self._events else None
         return event_to_row(audit.chain(last, new))
+
+    def _check_unique(self, message_rows: Sequence[Row]) -> None:
+        taken = {c: {m[c] for m in self._messages} for c in UNIQUE_MESSAGE_COLUMNS}
+        for message in message_rows:
+            for column in UNIQUE_MESSAGE_COLUMNS:
+                if message[column] in taken[column]:
+                    raise duplicate_message(column, message[column])
+                taken[column].add(message[column])
 
     def _check_open(self) -> None:
         if self._closed:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from maild.adapters.files import make_private_dirs
 from maild.domain import audit
 from maild.domain.models import (
     AdvisoryMeta,
@@ -113,6 +114,17 @@ MIGRATIONS: list[str] = [
         SELECT RAISE(ABORT, 'events are append-only');
     END;
     """,
+    """
+    ALTER TABLE messages ADD COLUMN next_attempt_at TEXT;
+    ALTER TABLE messages ADD COLUMN possible_duplicate INTEGER NOT NULL DEFAULT 0
+        CHECK (possible_duplicate IN (0, 1));
+    CREATE TABLE payloads (
+        message_id TEXT PRIMARY KEY REFERENCES messages (message_id),
+        advisory_version INTEGER NOT NULL,
+        data BLOB NOT NULL,
+        prepared_at TEXT NOT NULL
+    );
+    """,
 ]
 
 ADVISORY_COLUMNS = (
@@ -125,6 +137,12 @@ ADVISORY_COLUMNS = (
 MESSAGE_COLUMNS = tuple(f.name for f in fields(MessageRecord))
 EVENT_COLUMNS = tuple(f.name for f in fields(Event))
 UNIQUE_MESSAGE_COLUMNS = ("message_id", "envid")
+DATETIME_MESSAGE_COLUMNS = ("sent_at", "acked_at", "next_attempt_at")
+# Receipt fields a message update may change (the rest identify the message).
+MUTABLE_MESSAGE_COLUMNS = (
+    "state", "detail", "attempts", "smtp_code", "smtp_response", "sent_at", "dsn",
+    "acked_at", "next_attempt_at", "possible_duplicate",
+)  # fmt: skip
 PENDING_STATES = tuple(s.value for s in MessageState if s.is_pending)
 _KIND_ORDER = {kind: i for i, kind in enumerate(MessageKind)}
 
@@ -258,14 +276,19 @@ def messages_to_rows(advisory_id: str, messages: Sequence[MessageRecord]) -> lis
                 f"message {m.message_id!r} belongs to advisory {m.advisory_id!r}, "
                 f"not {advisory_id!r}; nothing was written"
             )
-        with _refusing(f"message {m.message_id!r} cannot be stored"):
-            row = {name: getattr(m, name) for name in MESSAGE_COLUMNS}
-            row["kind"] = MessageKind(m.kind).value
-            row["state"] = MessageState(m.state).value
-            row["sent_at"] = _opt_dt_to_text("sent_at", m.sent_at)
-            row["acked_at"] = _opt_dt_to_text("acked_at", m.acked_at)
-        rows.append(row)
+        rows.append(message_to_row(m))
     return rows
+
+
+def message_to_row(m: MessageRecord) -> Row:
+    with _refusing(f"message {m.message_id!r} cannot be stored"):
+        row = {name: getattr(m, name) for name in MESSAGE_COLUMNS}
+        row["kind"] = MessageKind(m.kind).value
+        row["state"] = MessageState(m.state).value
+        for name in DATETIME_MESSAGE_COLUMNS:
+            row[name] = _opt_dt_to_text(name, getattr(m, name))
+        row["possible_duplicate"] = int(bool(m.possible_duplicate))
+        return row
 
 
 def message_from_row(row: Mapping[str, Any]) -> MessageRecord:
@@ -273,8 +296,9 @@ def message_from_row(row: Mapping[str, Any]) -> MessageRecord:
         values = {name: row[name] for name in MESSAGE_COLUMNS}
         values["kind"] = MessageKind(row["kind"])
         values["state"] = MessageState(row["state"])
-        values["sent_at"] = _opt_dt_from_text(row["sent_at"])
-        values["acked_at"] = _opt_dt_from_text(row["acked_at"])
+        for name in DATETIME_MESSAGE_COLUMNS:
+            values[name] = _opt_dt_from_text(row[name])
+        values["possible_duplicate"] = bool(row["possible_duplicate"])
         return MessageRecord(**values)
 
 
@@ -326,6 +350,20 @@ def stale_version(advisory_id: str, given: int, stored: int) -> Conflict:
     )
 
 
+def unknown_message(message_id: object) -> StoreError:
+    return StoreError(f"no message {message_id!r} is stored; nothing was written")
+
+
+def payload_row(message_id: str, advisory_version: int, data: bytes, at: datetime) -> Row:
+    with _refusing(f"payload of {message_id!r} cannot be stored"):
+        return {
+            "message_id": message_id,
+            "advisory_version": int(advisory_version),
+            "data": bytes(data),
+            "prepared_at": dt_to_text("prepared_at", at),
+        }
+
+
 def duplicate_message(column: str, value: object) -> StoreError:
     return StoreError(f"{column} {value!r} is already used by a message; nothing was written")
 
@@ -347,7 +385,7 @@ class SqliteStore:
         the current schema. New folders get mode 0700, a new file 0600."""
         path = Path(path)
         try:
-            _make_private_dirs(path.parent)
+            make_private_dirs(path.parent)
             os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
         except OSError as exc:
             raise StoreError(f"{path}: cannot create the state database: {exc}") from exc
@@ -375,18 +413,19 @@ class SqliteStore:
             if conn.execute("SELECT 1 FROM advisories WHERE id = ?", (record.id,)).fetchone():
                 raise already_stored(record.id)
             conn.execute(_insert("advisories", ADVISORY_COLUMNS), row)
-            for message in message_rows:
-                for column in UNIQUE_MESSAGE_COLUMNS:
-                    sql = f"SELECT 1 FROM messages WHERE {column} = ?"
-                    if conn.execute(sql, (message[column],)).fetchone():
-                        raise duplicate_message(column, message[column])
-                conn.execute(_insert("messages", MESSAGE_COLUMNS), message)
+            self._insert_messages(conn, message_rows)
             return _append(conn, new)
 
     def update_advisory(
-        self, record: AdvisoryRecord, event: NewEvent, *, cancel_pending: str | None = None
+        self,
+        record: AdvisoryRecord,
+        event: NewEvent,
+        *,
+        cancel_pending: str | None = None,
+        add_messages: Sequence[MessageRecord] = (),
     ) -> Event:
         row, new = advisory_to_row(record), prepare_event(event)
+        message_rows = messages_to_rows(record.id, add_messages)
         with _transaction(self._conn, self.path) as conn:
             sql = "SELECT version FROM advisories WHERE id = ?"
             stored = conn.execute(sql, (record.id,)).fetchone()
@@ -403,12 +442,70 @@ class SqliteStore:
                     f"WHERE advisory_id = ? AND state IN ({marks})",
                     (MessageState.CANCELLED.value, cancel_pending, record.id, *PENDING_STATES),
                 )
+            self._insert_messages(conn, message_rows)
             return _append(conn, new)
 
     def append_event(self, event: NewEvent) -> Event:
         new = prepare_event(event)
         with _transaction(self._conn, self.path) as conn:
             return _append(conn, new)
+
+    def add_messages(self, advisory_id: str, messages: Sequence[MessageRecord]) -> None:
+        message_rows = messages_to_rows(advisory_id, messages)
+        with _transaction(self._conn, self.path) as conn:
+            if not conn.execute("SELECT 1 FROM advisories WHERE id = ?", (advisory_id,)).fetchone():
+                raise not_stored(advisory_id)
+            self._insert_messages(conn, message_rows)
+
+    def update_messages(self, messages: Sequence[MessageRecord]) -> None:
+        rows = [message_to_row(m) for m in messages]
+        assignments = ", ".join(f"{c} = :{c}" for c in MUTABLE_MESSAGE_COLUMNS)
+        with _transaction(self._conn, self.path) as conn:
+            for row in rows:
+                sql = f"UPDATE messages SET {assignments} WHERE message_id = :message_id"
+                if conn.execute(sql, row).rowcount != 1:
+                    raise unknown_message(row["message_id"])
+
+    def put_payload(
+        self, message_id: str, advisory_version: int, data: bytes, at: datetime
+    ) -> None:
+        row = payload_row(message_id, advisory_version, data, at)
+        with _transaction(self._conn, self.path) as conn:
+            sql = "SELECT 1 FROM messages WHERE message_id = ?"
+            if not conn.execute(sql, (message_id,)).fetchone():
+                raise unknown_message(message_id)
+            conn.execute(
+                "INSERT OR REPLACE INTO payloads (message_id, advisory_version, data, prepared_at)"
+                " VALUES (:message_id, :advisory_version, :data, :prepared_at)",
+                row,
+            )
+
+    def payload(self, message_id: str) -> tuple[int, bytes] | None:
+        sql = "SELECT advisory_version, data FROM payloads WHERE message_id = ?"
+        rows = self._query(sql, (message_id,))
+        return (rows[0]["advisory_version"], bytes(rows[0]["data"])) if rows else None
+
+    def payload_versions(self, advisory_id: str) -> dict[str, int]:
+        rows = self._query(
+            "SELECT p.message_id, p.advisory_version FROM payloads p "
+            "JOIN messages m ON m.message_id = p.message_id WHERE m.advisory_id = ?",
+            (advisory_id,),
+        )
+        return {r["message_id"]: r["advisory_version"] for r in rows}
+
+    def data_version(self) -> int:
+        """Changes whenever another connection commits (to notice CLI changes)."""
+        (version,) = self._conn.execute("PRAGMA data_version").fetchone().values()
+        return int(version)
+
+    @staticmethod
+    def _insert_messages(conn: sqlite3.Connection, message_rows: Sequence[Row]) -> None:
+        for message in message_rows:
+            for column in UNIQUE_MESSAGE_COLUMNS:
+                sql = f"SELECT 1 FROM messages WHERE {column} = ?"
+                if conn.execute(sql, (message[column],)).fetchone():
+                    raise duplicate_message(column, message[column])
+            conn.execute(_insert("messages", MESSAGE_COLUMNS), message)
 
     def get_advisory(self, advisory_id: str) -> AdvisoryRecord | None:
         rows = self._query("SELECT * FROM advisories WHERE id = ?", (advisory_id,))
@@ -477,17 +574,6 @@ def _transaction(conn: sqlite3.Connection, path: Path) -> Iterator[sqlite3.Conne
             raise
     except sqlite3.Error as exc:
         raise StoreError(f"{path}: {exc}; nothing was written") from exc
-
-
-def _make_private_dirs(folder: Path) -> None:
-    """Create `folder` and any missing parents with mode 0700 (existing ones
-    are left as they are)."""
-    missing = []
-    while not folder.exists():
-        missing.append(folder)
-        folder = folder.parent
-    for d in reversed(missing):
-        d.mkdir(mode=0o700, exist_ok=True)
 
 
 def _configure(conn: sqlite3.Connection, path: Path) -> None:

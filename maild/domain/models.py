@@ -119,6 +119,8 @@ class MessageRecord:
     dsn: str | None = None
     acked_at: datetime | None = None
     ack_token: str | None = None
+    next_attempt_at: datetime | None = None  # after a deferral: not before this
+    possible_duplicate: bool = False  # resent after a crash mid-transaction
 
 
 @dataclass(frozen=True)

@@ -14,15 +14,17 @@ from datetime import datetime
 from maild.domain.advisory import parse_advisory
 from maild.domain.businessdays import BusinessCalendar
 from maild.domain.models import (
+    AdvisoryMeta,
     AdvisoryRecord,
     AdvisoryState,
     MessageKind,
     MessageRecord,
     MessageState,
     NewEvent,
+    Preannounce,
 )
-from maild.domain.orgs import OrgList
-from maild.domain.policy import Plan, PolicyError, PolicyInput, plan
+from maild.domain.orgs import Org, OrgList
+from maild.domain.policy import Plan, PolicyError, plan
 from maild.service.ports import Store
 
 PATCH_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
@@ -65,7 +67,7 @@ class Desk:
         existing = self.store.get_advisory(meta.id)
         if existing is not None:
             raise UserError(f"{source}: id {meta.id} is already queued (state {existing.state})")
-        schedule = self._plan(meta.rules, now)
+        schedule = self._plan(meta, now)
         sealed = self.seal(_bundle(text, source, patches))
         record = AdvisoryRecord(
             meta=meta,
@@ -76,7 +78,12 @@ class Desk:
             created_at=now,
             updated_at=now,
         )
-        messages = self._notices(record) if schedule.has_notice else []
+        recipients = self.orgs.recipients(meta.extra_recipients)
+        messages = (
+            notice_rows(record, recipients, self.key_problem, self.mail_domain)
+            if schedule.has_notice
+            else []
+        )
         blocked = sum(1 for m in messages if m.state is MessageState.BLOCKED)
         event = NewEvent(
             at=now,
@@ -110,17 +117,29 @@ class Desk:
             raise UserError("--disclosure: has no time zone; add a UTC offset like +01:00 or Z")
         if disclosure <= now:
             raise UserError(f"--disclosure: {disclosure.isoformat()} is in the past")
-        rules = replace(record.meta.rules, disclosure=disclosure)
-        schedule = self._plan(rules, now)
-        new = replace(
-            record,
-            meta=replace(record.meta, rules=rules),
-            plan=schedule,
-            updated_at=now,
-            version=record.version + 1,
-        )
+        meta = replace(record.meta, rules=replace(record.meta.rules, disclosure=disclosure))
+        schedule = self._plan(meta, now)
+        if record.state is AdvisoryState.NOTIFIED:  # the notices really went out then
+            schedule = replace(
+                schedule,
+                notify_at=record.plan.notify_at,
+                preannounce_at=record.plan.preannounce_at,
+                business_days=record.plan.business_days,
+                reason=f"{record.plan.reason}; rescheduled after the notices went out",
+            )
+        new = replace(record, meta=meta, plan=schedule, updated_at=now, version=record.version + 1)
+        has_notices = any(m.kind is MessageKind.NOTICE for m in self.store.messages(advisory_id))
+        rows = []
+        if schedule.has_notice and not has_notices and record.state is AdvisoryState.SCHEDULED:
+            recipients = self.orgs.recipients(meta.extra_recipients)
+            rows = notice_rows(new, recipients, self.key_problem, self.mail_domain)
         data = {"from": record.plan.disclose_at.isoformat(), **_plan_data(schedule)}
-        self.store.update_advisory(new, NewEvent(now, "rescheduled", actor, advisory_id, data))
+        self.store.update_advisory(
+            new,
+            NewEvent(now, "rescheduled", actor, advisory_id, data),
+            cancel_pending=None if schedule.has_notice else "the new plan has no advance notice",
+            add_messages=rows,
+        )
         return new
 
     def disclose_now(
@@ -166,11 +185,16 @@ class Desk:
             raise UserError(f"cannot {verb} {advisory_id}: it is {record.state.value}")
         return record
 
-    def _plan(self, rules: PolicyInput, now: datetime) -> Plan:
+    def _plan(self, meta: AdvisoryMeta, now: datetime) -> Plan:
         try:
-            return plan(rules, self.calendar, now)
+            schedule = plan(meta.rules, self.calendar, now)
         except PolicyError as exc:
             raise UserError(str(exc)) from None
+        if meta.preannounce is Preannounce.NONE and schedule.preannounce_at is not None:
+            schedule = replace(
+                schedule, preannounce_at=None, reason=f"{schedule.reason}; no pre-announcement"
+            )
+        return schedule
 
     def _next_id(self, now: datetime) -> str:
         prefix = f"WG-{now.year}-"
@@ -181,27 +205,35 @@ class Desk:
         ]
         return f"{prefix}{max(used, default=0) + 1:03d}"
 
-    def _notices(self, record: AdvisoryRecord) -> list[MessageRecord]:
-        out = []
-        for org in self.orgs.recipients(record.meta.extra_recipients):
-            for address in org.addresses:
-                problem = self.key_problem(address.key)
-                token = uuid.uuid4().hex
-                out.append(
-                    MessageRecord(
-                        advisory_id=record.id,
-                        kind=MessageKind.NOTICE,
-                        address=address.email,
-                        message_id=f"<{token}@{self.mail_domain}>",
-                        envid=token,
-                        state=MessageState.QUEUED if problem is None else MessageState.BLOCKED,
-                        org=org.id,
-                        fingerprint=address.key,
-                        detail=problem,
-                        ack_token=uuid.uuid4().hex,
-                    )
+
+def notice_rows(
+    record: AdvisoryRecord,
+    recipients: Sequence[Org],
+    key_problem: Callable[[str], str | None],
+    mail_domain: str,
+) -> list[MessageRecord]:
+    """One queued notice per recipient address (blocked, with the reason,
+    where the pinned key cannot be used), each with fresh ids and ack token."""
+    out = []
+    for org in recipients:
+        for address in org.addresses:
+            problem = key_problem(address.key)
+            token = uuid.uuid4().hex
+            out.append(
+                MessageRecord(
+                    advisory_id=record.id,
+                    kind=MessageKind.NOTICE,
+                    address=address.email,
+                    message_id=f"<{token}@{mail_domain}>",
+                    envid=token,
+                    state=MessageState.QUEUED if problem is None else MessageState.BLOCKED,
+                    org=org.id,
+                    fingerprint=address.key,
+                    detail=problem,
+                    ack_token=uuid.uuid4().hex,
                 )
-        return out
+            )
+    return out
 
 
 def _check_patches(patches: Sequence[Patch]) -> None:

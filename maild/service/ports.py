@@ -4,6 +4,7 @@ in-memory twins implement them too, for unit tests."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Protocol
 
 from maild.domain.models import AdvisoryRecord, Event, MessageRecord, NewEvent
@@ -20,8 +21,9 @@ class Conflict(StoreError):
 class Store(Protocol):
     """Durable state: advisories, their messages, and the append-only audit log.
 
-    Every method that writes is one transaction that also appends exactly one
-    audit event; when it raises, nothing at all was written.
+    Every method that writes is one transaction; those that change an
+    advisory also append exactly one audit event (message receipts are their
+    own record). When a method raises, nothing at all was written.
     """
 
     def add_advisory(
@@ -31,17 +33,50 @@ class Store(Protocol):
         ...
 
     def update_advisory(
-        self, record: AdvisoryRecord, event: NewEvent, *, cancel_pending: str | None = None
+        self,
+        record: AdvisoryRecord,
+        event: NewEvent,
+        *,
+        cancel_pending: str | None = None,
+        add_messages: Sequence[MessageRecord] = (),
     ) -> Event:
         """Replace the stored advisory by `record`, whose `version` must be the
         stored version + 1 (else Conflict: someone changed it meanwhile).
         With `cancel_pending`, every message of the advisory not yet handed to
         the smarthost (queued, deferred, blocked) becomes cancelled with that
-        text as its detail."""
+        text as its detail; then `add_messages` are added."""
         ...
 
     def append_event(self, event: NewEvent) -> Event:
         """Record an event that changes nothing else (a refusal, a check)."""
+        ...
+
+    def add_messages(self, advisory_id: str, messages: Sequence[MessageRecord]) -> None:
+        """Add messages (pre-announcements, disclosures, alerts) to an advisory."""
+        ...
+
+    def update_messages(self, messages: Sequence[MessageRecord]) -> None:
+        """Record new receipt fields (state, attempts, SMTP reply...) for
+        messages found by message_id, all in one transaction."""
+        ...
+
+    def put_payload(
+        self, message_id: str, advisory_version: int, data: bytes, at: datetime
+    ) -> None:
+        """Store (or replace) a message's prepared bytes, made from that
+        version of its advisory."""
+        ...
+
+    def payload(self, message_id: str) -> tuple[int, bytes] | None:
+        """(advisory version, prepared bytes), or None if not prepared."""
+        ...
+
+    def payload_versions(self, advisory_id: str) -> dict[str, int]:
+        """message_id -> advisory version its payload was prepared from."""
+        ...
+
+    def data_version(self) -> int:
+        """A number that changes when another process commits a change."""
         ...
 
     def get_advisory(self, advisory_id: str) -> AdvisoryRecord | None: ...

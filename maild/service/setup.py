@@ -69,18 +69,14 @@ class Setup:
             return "pinned key is not in the keys folder"
         return self.health(fingerprint, now).problem()
 
-    def desk(self, now: datetime) -> Desk:
-        """The embargo desk, after refusing a broken orgs list or identity."""
-        if self.orgs.problems:
-            raise UserError(
-                f"{self.orgs.problems[0]} (the orgs list must be valid before any change; "
-                "'maild orgs check' lists every problem)"
-            )
+    def desk(self, now: datetime, *, validate: bool = True) -> Desk:
+        """The embargo desk. With `validate` (submit, reschedule: they plan
+        notices), a broken orgs list or identity key is refused first; ending
+        or cancelling an embargo must never wait on those."""
         identity = self.config.identity
         assert identity is not None
-        found = check_identity(identity.signing_key, self.health(identity.signing_key, now))
-        if found:
-            raise UserError(f"{self.config.path}: {found[0].text}")
+        if validate:
+            self._validate(identity.signing_key, now)
         return Desk(
             store=self.store,
             calendar=self.config.calendar,
@@ -89,6 +85,16 @@ class Setup:
             seal=lambda data: self.keyring.encrypt(data, identity.signing_key, now),
             key_problem=lambda fpr: self.key_problem(fpr, now),
         )
+
+    def _validate(self, signing_key: str, now: datetime) -> None:
+        if self.orgs.problems:
+            raise UserError(
+                f"{self.orgs.problems[0]} (the orgs list must be valid before any change; "
+                "'maild orgs check' lists every problem)"
+            )
+        found = check_identity(signing_key, self.health(signing_key, now))
+        if found:
+            raise UserError(f"{self.config.path}: {found[0].text}")
 
     def get(self, advisory_id: str) -> AdvisoryRecord:
         record = self.store.get_advisory(advisory_id)

@@ -1,0 +1,99 @@
+"""Store features the dispatcher relies on: message receipts, prepared
+payloads tied to an advisory version, and the upgrade from schema 1."""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from maild.adapters.store import MIGRATIONS, SqliteStore
+from maild.domain.models import MessageKind, MessageState
+from maild.service.ports import StoreError
+from tests.test_store import AnyStore, advisory, event, message, store  # noqa: F401
+
+AT = datetime(2026, 12, 1, 16, tzinfo=UTC)
+
+
+def test_receipt_fields_update_in_one_transaction(store: AnyStore) -> None:
+    """A send's outcome (state, attempts, SMTP reply, retry time, duplicate
+    flag) is recorded and reads back; identity fields never change."""
+    store.add_advisory(advisory(), [message("RSA-2026-0001", 1), message("RSA-2026-0001", 2)],
+                       event())  # fmt: skip
+    first, second = store.messages("RSA-2026-0001")
+    sent = replace(
+        first,
+        state=MessageState.ACCEPTED,
+        attempts=1,
+        smtp_code=250,
+        smtp_response="2.0.0 Ok: queued as ABC",
+        sent_at=AT,
+        possible_duplicate=True,
+    )
+    later = replace(second, state=MessageState.DEFERRED, attempts=1, next_attempt_at=AT)
+    store.update_messages([sent, later])
+    assert store.messages("RSA-2026-0001") == [sent, later]
+
+
+def test_updating_an_unknown_message_writes_nothing(store: AnyStore) -> None:
+    """An update naming a message that does not exist is refused whole."""
+    store.add_advisory(advisory(), [message("RSA-2026-0001", 1)], event())
+    (known,) = store.messages("RSA-2026-0001")
+    ghost = replace(message("RSA-2026-0001", 9), state=MessageState.ACCEPTED)
+    with pytest.raises(StoreError, match="no message"):
+        store.update_messages([replace(known, state=MessageState.ACCEPTED), ghost])
+    assert store.messages("RSA-2026-0001") == [known]
+
+
+def test_added_messages_join_their_advisory(store: AnyStore) -> None:
+    """Public messages added later belong to the advisory; duplicates and
+    unknown advisories are refused."""
+    store.add_advisory(advisory(), [message("RSA-2026-0001", 1)], event())
+    extra = message("RSA-2026-0001", 2, kind=MessageKind.PREANNOUNCEMENT)
+    store.add_messages("RSA-2026-0001", [extra])
+    assert extra in store.messages("RSA-2026-0001")
+    with pytest.raises(StoreError):
+        store.add_messages("RSA-2026-0001", [extra])
+    with pytest.raises(StoreError):
+        store.add_messages("nope", [message("nope", 3)])
+
+
+def test_payloads_are_tied_to_the_advisory_version(store: AnyStore) -> None:
+    """Prepared bytes are stored with the advisory version they were made
+    from, replaced when prepared again, and refused for unknown messages."""
+    store.add_advisory(advisory(), [message("RSA-2026-0001", 1)], event())
+    (m,) = store.messages("RSA-2026-0001")
+    assert store.payload(m.message_id) is None
+    store.put_payload(m.message_id, 1, b"-----BEGIN PGP MESSAGE-----", AT)
+    store.put_payload(m.message_id, 2, b"v2", AT)
+    assert store.payload(m.message_id) == (2, b"v2")
+    assert store.payload_versions("RSA-2026-0001") == {m.message_id: 2}
+    with pytest.raises(StoreError):
+        store.put_payload("<ghost@x>", 1, b"x", AT)
+
+
+def test_schema_1_database_is_upgraded_in_place(tmp_path: Path) -> None:
+    """A database written by the first release keeps its rows after the
+    upgrade, and its messages read with the new fields at their defaults."""
+    path = tmp_path / "maild.db"
+    store = SqliteStore.open(path)
+    store.add_advisory(advisory(), [message("RSA-2026-0001", 1)], event())
+    before = store.messages("RSA-2026-0001")
+    store.close()
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        "DROP TABLE payloads;"
+        "ALTER TABLE messages DROP COLUMN next_attempt_at;"
+        "ALTER TABLE messages DROP COLUMN possible_duplicate;"
+        "PRAGMA user_version = 1;"
+    )
+    conn.close()
+    upgraded = SqliteStore.open(path)
+    assert upgraded.messages("RSA-2026-0001") == before
+    assert upgraded.verify_history().intact
+    with sqlite3.connect(path) as check:
+        assert check.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+    upgraded.close()
