@@ -43,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (StoreError, GpgError, OSError) as exc:
         return _fail(str(exc), 1)
     except KeyboardInterrupt:
-        return _fail("interrupted", 130)
+        return _fail("interrupted", 1)
     except Exception as exc:  # never a traceback for the operator
         if os.environ.get("MAILD_DEBUG"):
             raise
@@ -103,8 +103,6 @@ def emit(args: argparse.Namespace, doc: Any, text: str) -> None:
 # -- commands -------------------------------------------------------------------
 def cmd_plan(args: argparse.Namespace) -> int:
     cfg = configuration.load(configuration.resolve_path(args.config))
-    if args.notify_days is not None and args.notify_days < 1:
-        raise UserError("--notify-days: must be 1 or more")
     rules = PolicyInput(
         disclosure=args.disclosure,
         severity=Severity(args.severity),
@@ -138,7 +136,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise UserError(f"--patch {name}: cannot read: {exc}") from None
     with setup:
-        record = setup.desk(now()).submit(text, str(source), patches, now(), actor())
+        at = now()
+        record = setup.desk(at).submit(text, str(source), patches, at, actor())
         clock = views.Clock(setup.config.calendar)
         messages = setup.store.messages(record.id)
         doc = {
@@ -196,7 +195,8 @@ def cmd_receipts(args: argparse.Namespace) -> int:
 def cmd_cancel(args: argparse.Namespace) -> int:
     setup = setup_for(args, "cancel", *CORE)
     with setup:
-        record = setup.desk(now()).cancel(args.id, now(), actor())
+        at = now()
+        record = setup.desk(at, validate=False).cancel(args.id, at, actor())
         print(f"cancelled {record.id}; notices not yet sent are cancelled")
     return 0
 
@@ -204,7 +204,8 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 def cmd_reschedule(args: argparse.Namespace) -> int:
     setup = setup_for(args, "reschedule", *CORE)
     with setup:
-        record = setup.desk(now()).reschedule(args.id, args.disclosure, now(), actor())
+        at = now()
+        record = setup.desk(at).reschedule(args.id, args.disclosure, at, actor())
         clock = views.Clock(setup.config.calendar)
         print(f"rescheduled {record.id}\n{views.plan_text(record.plan, clock)}")
     return 0
@@ -213,7 +214,8 @@ def cmd_reschedule(args: argparse.Namespace) -> int:
 def cmd_disclose_now(args: argparse.Namespace) -> int:
     setup = setup_for(args, "disclose-now", *CORE)
     with setup:
-        record = setup.desk(now()).disclose_now(args.id, args.reason, now(), actor())
+        at = now()
+        record = setup.desk(at, validate=False).disclose_now(args.id, args.reason, at, actor())
         print(f"{record.id}: disclosure moved to now; notices not yet sent are cancelled")
     return 0
 
@@ -257,6 +259,12 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             raise UserError(problems[0].text)
         print(f"{setup.config.path}: ok")
     return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from maild.service.daemon import run
+
+    return run(setup_for(args, "run", *CORE, "smtp", "intake", "announce"))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -314,6 +322,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--notify-not-before", type=instant, metavar="T", help="reporter's embargo terms"
     )
     c.add_argument("--json", action="store_true", help="one JSON document on stdout")
+
+    command(
+        "run",
+        cmd_run,
+        "Run the daemon in the foreground: prepare each notice ahead of time, send it "
+        "at its instant, publish at disclosure, record every receipt. Logs JSON lines "
+        "on stdout; SIGTERM finishes the SMTP transactions in flight and exits 0.",
+    )
 
     c = command(
         "submit",
