@@ -14,10 +14,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	@touch $(STAMP)
 
-# Debian packages the tests and the demo run for real: gpg and its agent.
+# Debian packages the tests and the demo run for real: gpg and its agent, and
+# sqop (Sequoia) to check interoperability with an independent OpenPGP stack.
 system-deps:
-	@command -v gpg >/dev/null && command -v gpg-agent >/dev/null || \
-	  { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends gnupg gpg-agent; }
+	@command -v gpg >/dev/null && command -v gpg-agent >/dev/null && command -v sqop >/dev/null || \
+	  { $(SUDO) apt-get update && \
+	    $(SUDO) apt-get install -y --no-install-recommends gnupg gpg-agent sqop; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check maild tests

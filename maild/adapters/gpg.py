@@ -6,16 +6,22 @@ Rules this module keeps:
   checked against the fingerprint that was asked for;
 * gpg's own `valid`/`ok` flags are not trusted as authorisation: revocation and expiry are
   computed here from the --with-colons fields, against the `now` the caller passes in;
-* data goes to python-gnupg as bytes, one gpg process per operation;
+* data goes to gpg as bytes, one gpg process per operation;
+* signing and verifying run the gpg binary with a private --status-fd pipe, and every
+  signature made is checked, from gpg's status lines, to come from exactly the key asked for;
 * `GpgError` messages are one line and never contain key material or plaintext.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import logging
+import os
 import re
 import subprocess
+import tempfile
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -24,6 +30,8 @@ from types import TracebackType
 from typing import Any
 
 import gnupg
+
+from maild.adapters.files import make_private_dirs
 
 __all__ = ["FolderImport", "GpgError", "KeyHealth", "Keyring"]
 
@@ -36,6 +44,9 @@ _PUBLIC_ARMOR_RE = re.compile(rb"^-----BEGIN PGP PUBLIC KEY BLOCK-----\r?$", re.
 _SECRET_ARMOR = b"-----BEGIN PGP PRIVATE KEY BLOCK-----"
 _REVOCS_DIR = "openpgp-revocs.d"
 _GPG_TIMEOUT = 60.0
+_SHA256 = "8"  # OpenPGP hash algorithm id, as gpg's status lines give it
+# Status keywords that each close the report on one signature (gpg doc/DETAILS).
+_SIG_VERDICTS = frozenset({"GOODSIG", "BADSIG", "ERRSIG", "EXPSIG", "EXPKEYSIG", "REVKEYSIG"})
 _GPGCONF_TIMEOUT = 10.0
 _MAX_MESSAGE = 200
 
@@ -217,13 +228,150 @@ def _stderr_reason(stderr: str) -> str:
     return _one_line(lines[-1][5:]) if lines else "no detail from gpg"
 
 
+# ------------------------------------------------------------ status and packets
+
+
+@dataclass(frozen=True)
+class _Status:
+    """One '[GNUPG:] KEYWORD ARGS...' line of gpg's machine-readable status output."""
+
+    keyword: str
+    args: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """What one gpg run gave back: exit code, output bytes, status lines, stderr text."""
+
+    returncode: int
+    output: bytes
+    status: tuple[_Status, ...]
+    stderr: str
+
+    def lines(self, keyword: str) -> list[tuple[str, ...]]:
+        return [line.args for line in self.status if line.keyword == keyword]
+
+    def has(self, keyword: str) -> bool:
+        return any(line.keyword == keyword for line in self.status)
+
+    def reason(self) -> str:
+        return _stderr_reason(self.stderr)
+
+
+def _parse_status(raw: bytes) -> tuple[_Status, ...]:
+    parsed: list[_Status] = []
+    # Split on LF only: gpg ends status lines with LF, and a user id quoted in one may hold
+    # other characters str.splitlines() would treat as line breaks (U+2028, NEL...).
+    for line in raw.decode("utf-8", "replace").split("\n"):
+        if not line.startswith("[GNUPG:] "):
+            continue
+        keyword, *args = line[len("[GNUPG:] ") :].split(" ")
+        parsed.append(_Status(keyword, tuple(args)))
+    return tuple(parsed)
+
+
+def _drain(fd: int, sink: list[bytes]) -> None:
+    """Read a pipe to its end (run in a thread beside Popen.communicate)."""
+    try:
+        while chunk := os.read(fd, 65536):
+            sink.append(chunk)
+    finally:
+        os.close(fd)
+
+
+def _signer_of(outcome: _Outcome) -> str | None:
+    """Primary fingerprint of the one valid signature gpg reported, else None.
+
+    Valid means: exactly one signature verdict, and it is GOODSIG (not bad, not by an
+    expired or revoked key, not expired itself, not unverifiable), with one VALIDSIG line.
+    """
+    verdicts = [line.keyword for line in outcome.status if line.keyword in _SIG_VERDICTS]
+    if verdicts != ["GOODSIG"]:
+        return None
+    valid = outcome.lines("VALIDSIG")
+    if len(valid) != 1 or not valid[0]:
+        return None
+    fields = valid[0]
+    # VALIDSIG <signing key fpr> <date> <ts> <expire> <ver> <rsvd> <algo> <hash> <class> <primary>
+    primary = fields[9] if len(fields) >= 10 else fields[0]
+    return _normalise_fpr(primary)
+
+
+def _dearmor_message(armored: bytes) -> bytes:
+    """The binary packets of one ASCII-armored 'PGP MESSAGE' block."""
+    lines = [line.rstrip(b"\r") for line in armored.split(b"\n")]
+    try:
+        begin = lines.index(b"-----BEGIN PGP MESSAGE-----")
+        end = lines.index(b"-----END PGP MESSAGE-----", begin)
+        blank = lines.index(b"", begin, end)  # armor headers end at the first empty line
+    except ValueError as exc:
+        raise GpgError("gpg output is not one ASCII-armored OpenPGP message") from exc
+    body = b"".join(line for line in lines[blank + 1 : end] if not line.startswith(b"="))
+    try:
+        return base64.b64decode(body, validate=True)
+    except ValueError as exc:
+        raise GpgError("gpg output has a damaged ASCII armor") from exc
+
+
+def _session_key_recipients(packets: bytes) -> list[str]:
+    """Key ids (16 hex) of the public-key encrypted session key packets heading a message.
+
+    Reads packet headers only, up to the encrypted data packet. Anything else in front of
+    it (a passphrase-encrypted session key, a hidden recipient, an unknown packet) is an
+    error: such a message is not provably for one known key.
+    """
+    ids: list[str] = []
+    pos = 0
+    while pos < len(packets):
+        ctb = packets[pos]
+        pos += 1
+        if not ctb & 0x80:
+            raise GpgError("gpg output is not an OpenPGP message")
+        if ctb & 0x40:  # new-format header
+            tag = ctb & 0x3F
+            if pos >= len(packets):
+                break
+            first = packets[pos]
+            if first < 192:
+                length, pos = first, pos + 1
+            elif first < 224:
+                if pos + 1 >= len(packets):
+                    break
+                length, pos = ((first - 192) << 8) + packets[pos + 1] + 192, pos + 2
+            elif first == 255:
+                length, pos = int.from_bytes(packets[pos + 1 : pos + 5], "big"), pos + 5
+            else:
+                length = -1  # partial body length: only data packets use it
+        else:  # old-format header
+            tag = (ctb >> 2) & 0x0F
+            size = {0: 1, 1: 2, 2: 4}.get(ctb & 0x03)
+            if size is None:
+                length = -1
+            else:
+                length, pos = int.from_bytes(packets[pos : pos + size], "big"), pos + size
+        if tag in (18, 20):  # encrypted data (with MDC / AEAD): the recipients are all read
+            return ids
+        if tag != 1 or length < 10 or pos + length > len(packets):
+            raise GpgError(f"gpg output holds an unexpected OpenPGP packet (tag {tag})")
+        version = packets[pos]
+        keyid = packets[pos + 1 : pos + 9]
+        if version != 3 or keyid == bytes(8):
+            raise GpgError("gpg output has a session key for a hidden or unknown recipient")
+        ids.append(keyid.hex().upper())
+        pos += length
+    raise GpgError("gpg output ends before its encrypted data")
+
+
 class Keyring:
     """One gnupg home directory and the operations maild needs on it."""
 
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, *, timeout: float = _GPG_TIMEOUT) -> None:
+        if not timeout > 0:
+            raise ValueError("timeout must be a positive number of seconds")
         self._home = Path(home)
+        self._timeout = float(timeout)
         try:
-            self._home.mkdir(mode=0o700, parents=True, exist_ok=True)
+            make_private_dirs(self._home)
             if self._home.stat().st_mode & 0o077:
                 self._home.chmod(0o700)
         except OSError as exc:
@@ -371,6 +519,198 @@ class Keyring:
             raise GpgError(f"gpg failed to decrypt: {_one_line(str(result.status or 'no status'))}")
         return bytes(result.data)
 
+    def sign_encrypt(self, data: bytes, recipient: str, signer: str, now: datetime) -> bytes:
+        """ASCII-armored OpenPGP message signed by `signer` and encrypted to `recipient` only.
+
+        One gpg process makes the combined form of RFC 3156 section 6.2. Before anything is
+        returned, gpg's status must show exactly one SHA-256 signature made by the key
+        `signer` itself, and the message must hold exactly one session key, for an
+        encryption key of `recipient`; any other outcome is a GpgError.
+        """
+        health = self.health(recipient, now)
+        problem = health.problem()
+        if problem is not None:
+            raise GpgError(f"cannot encrypt to {health.fingerprint}: {problem}")
+        fpr = health.fingerprint
+        signer_fpr = self._signer(signer)
+        outcome = self._gpg_io(
+            [
+                "--armor",
+                "--sign",
+                "--encrypt",
+                "--trust-model",
+                "always",
+                "--no-encrypt-to",
+                "--recipient",
+                fpr,
+                "--local-user",
+                signer_fpr + "!",
+                "--digest-algo",
+                "SHA256",
+            ],
+            data,
+        )
+        if outcome.returncode != 0 or not outcome.has("END_ENCRYPTION"):
+            raise GpgError(
+                f"gpg failed to sign by {signer_fpr} and encrypt to {fpr}: {outcome.reason()}"
+            )
+        self._check_signature_made(outcome, signer_fpr, kind="S")
+        used = _session_key_recipients(_dearmor_message(outcome.output))
+        allowed = self._encryption_key_ids(fpr)
+        if len(used) != 1 or used[0] not in allowed:
+            raise GpgError(
+                f"gpg encrypted to {len(used)} keys, not to exactly one encryption key of "
+                f"{fpr}; discarded"
+            )
+        return outcome.output
+
+    def detach_sign(self, data: bytes, signer: str) -> bytes:
+        """ASCII-armored detached SHA-256 signature over `data` by exactly the key `signer`."""
+        signer_fpr = self._signer(signer)
+        outcome = self._gpg_io(
+            [
+                "--armor",
+                "--detach-sign",
+                "--local-user",
+                signer_fpr + "!",
+                "--digest-algo",
+                "SHA256",
+            ],
+            data,
+        )
+        if outcome.returncode != 0:
+            raise GpgError(f"gpg failed to sign by {signer_fpr}: {outcome.reason()}")
+        self._check_signature_made(outcome, signer_fpr, kind="D")
+        if not outcome.output.startswith(b"-----BEGIN PGP SIGNATURE-----"):
+            raise GpgError("gpg did not return an ASCII-armored signature")
+        return outcome.output
+
+    def decrypt_verify(self, data: bytes) -> tuple[bytes, str | None]:
+        """Plaintext of a public-key encrypted message, and who validly signed it.
+
+        The second item is the primary fingerprint of the one valid signature inside, or
+        None when the message is unsigned, badly signed, signed by an unknown, expired or
+        revoked key, or carries more than one signature. A message that is not public-key
+        encrypted to this keyring, or that fails its integrity check, is a GpgError.
+        """
+        outcome = self._gpg_io(["--trust-model", "always", "--decrypt"], data)
+        decrypted = (
+            outcome.has("DECRYPTION_OKAY")
+            and outcome.has("ENC_TO")
+            and not outcome.has("DECRYPTION_FAILED")
+            and not outcome.has("BADMDC")
+            and not outcome.has("NEED_PASSPHRASE_SYM")
+        )
+        # gpg exits non-zero for a bad or unverifiable signature on a message it decrypted
+        # fine; that is 'no valid signer', not a decryption failure.
+        explained = any(line.keyword in _SIG_VERDICTS - {"GOODSIG"} for line in outcome.status)
+        if not decrypted and outcome.returncode == 0:
+            raise GpgError("refused: the message is not public-key encrypted")
+        if not decrypted or (outcome.returncode != 0 and not explained):
+            raise GpgError(f"gpg failed to decrypt: {outcome.reason()}")
+        return outcome.output, _signer_of(outcome)
+
+    def verify_detached(self, data: bytes, signature: bytes) -> str | None:
+        """Primary fingerprint of the key whose valid detached signature covers `data`."""
+        with tempfile.TemporaryDirectory(prefix="maild-sig-") as folder:
+            sig_path = Path(folder) / "signature.asc"
+            sig_path.write_bytes(signature)
+            outcome = self._gpg_io(["--verify", "--", str(sig_path), "-"], data)
+        if outcome.returncode != 0:
+            return None
+        return _signer_of(outcome)
+
+    def _signer(self, signer: str) -> str:
+        fpr = _normalise_fpr(signer)
+        if fpr is None:
+            raise GpgError("signing needs the full 40-hex fingerprint of the signing key")
+        return fpr
+
+    def _check_signature_made(self, outcome: _Outcome, signer: str, *, kind: str) -> None:
+        """Exactly one signature, of the wanted kind, SHA-256, made by the key `signer`."""
+        made = outcome.lines("SIG_CREATED")
+        if len(made) != 1:
+            raise GpgError(f"gpg reported {len(made)} signatures instead of one; discarded")
+        # SIG_CREATED <type> <pubkey algo> <hash algo> <class> <timestamp> <key fpr>
+        fields = made[0]
+        if len(fields) < 6 or _normalise_fpr(fields[5]) != signer:
+            raise GpgError(f"gpg signed with another key than {signer}; discarded")
+        if fields[0] != kind or fields[2] != _SHA256:
+            raise GpgError("gpg made another kind of signature than asked for; discarded")
+
+    def _encryption_key_ids(self, fpr: str) -> frozenset[str]:
+        """Key ids of the encryption-capable (sub)keys of the key `fpr`."""
+        key = self._list_one(fpr, secret=False)
+        if key is None:
+            return frozenset()
+        ids = set()
+        # Lower-case cap letters are the component's own capabilities (see _assess).
+        if "e" in str(key.get("cap") or ""):
+            ids.add(str(key.get("keyid") or "").upper())
+        subkey_info: Mapping[str, Mapping[str, Any]] = key.get("subkey_info") or {}
+        for keyid, info in subkey_info.items():
+            if "e" in str(info.get("cap") or ""):
+                ids.add(str(keyid).upper())
+        return frozenset(ids)
+
+    def _gpg_io(self, args: Sequence[str], data: bytes) -> _Outcome:
+        """One gpg process on this home: `data` on stdin, status lines on a private pipe.
+
+        Safe to call from several threads at once: nothing is shared but the gpg-agent.
+        """
+        status_read, status_write = os.pipe()
+        command = [
+            "gpg",
+            "--homedir",
+            str(self._home),
+            "--batch",
+            "--no-tty",
+            "--utf8-strings",
+            "--pinentry-mode",
+            "loopback",
+            "--no-auto-key-retrieve",
+            "--exit-on-status-write-error",
+            "--status-fd",
+            str(status_write),
+            *args,
+        ]
+        try:
+            proc = subprocess.Popen(
+                command,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                pass_fds=(status_write,),
+            )
+        except OSError as exc:
+            os.close(status_read)
+            raise GpgError(f"cannot run gpg: {exc.strerror}") from exc
+        finally:
+            os.close(status_write)
+        chunks: list[bytes] = []
+        reader = threading.Thread(target=_drain, args=(status_read, chunks), daemon=True)
+        reader.start()
+        try:
+            output, stderr = proc.communicate(data, timeout=self._timeout)
+        except subprocess.TimeoutExpired as exc:
+            proc.kill()
+            proc.communicate()
+            reader.join(self._timeout)
+            raise GpgError(f"gpg timed out after {self._timeout:g}s") from exc
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        reader.join(self._timeout)
+        if reader.is_alive():
+            raise GpgError("gpg status output did not end")
+        return _Outcome(
+            returncode=proc.returncode,
+            output=output,
+            status=_parse_status(b"".join(chunks)),
+            stderr=stderr.decode("utf-8", "replace"),
+        )
+
     # -------------------------------------------------------------- key making
 
     def _run_gpg(self, args: Sequence[str], *, created: datetime | None = None) -> str:
@@ -398,12 +738,12 @@ class Keyring:
             proc = subprocess.run(
                 command,
                 capture_output=True,
-                timeout=_GPG_TIMEOUT,
+                timeout=self._timeout,
                 check=False,
                 stdin=subprocess.DEVNULL,
             )
         except subprocess.TimeoutExpired as exc:
-            raise GpgError(f"gpg timed out after {_GPG_TIMEOUT:.0f}s") from exc
+            raise GpgError(f"gpg timed out after {self._timeout:g}s") from exc
         except OSError as exc:
             raise GpgError(f"cannot run gpg: {exc.strerror}") from exc
         stderr = proc.stderr.decode("utf-8", "replace")
