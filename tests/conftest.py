@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from maild.adapters.memstore import MemoryStore
+from maild.adapters.store import SqliteStore
 from maild.cli import main
 from tests.world import OrgKeys, World, make_org_keys, new_root
 
@@ -75,3 +77,16 @@ def world(org_keys: OrgKeys) -> Iterator[World]:
         yield w
     finally:
         w.close()
+
+
+@pytest.fixture(params=["sqlite", "memory"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SqliteStore | MemoryStore]:
+    """Each store test runs on both the SQLite store and its in-memory twin."""
+    s: SqliteStore | MemoryStore
+    s = (
+        SqliteStore.open(tmp_path / "state" / "maild.db")
+        if request.param == "sqlite"
+        else MemoryStore()
+    )
+    yield s
+    s.close()

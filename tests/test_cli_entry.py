@@ -11,7 +11,7 @@ import pytest
 from tests.conftest import CLI
 
 COMMANDS = [
-    ["plan"], ["submit"], ["queue"], ["show"], ["receipts"], ["cancel"], ["reschedule"],
+    ["plan"], ["run"], ["submit"], ["queue"], ["show"], ["receipts"], ["cancel"], ["reschedule"],
     ["disclose-now"], ["orgs", "check"], ["orgs", "export"], ["check-config"], ["demo"],
 ]  # fmt: skip
 

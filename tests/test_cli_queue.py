@@ -256,6 +256,7 @@ def test_receipts_lists_one_row_per_message(cli: CLI, world: World) -> None:
         "sent_at",
         "dsn",
         "acked_at",
+        "possible_duplicate",
     }
     assert rows[0]["kind"] == "notice" and rows[0]["message_id"].endswith("@maild.example>")
 
@@ -281,11 +282,13 @@ def test_ending_an_embargo_never_waits_on_a_broken_orgs_list(cli: CLI, world: Wo
 
 
 def test_state_folders_are_owner_only(cli: CLI, world: World) -> None:
-    """A state_dir that does not exist yet is created 0700, database 0600."""
+    """A state_dir or gnupg_home that does not exist yet is created 0700 with
+    its parents, and the database 0600."""
     world.write_config()
     text = world.config.read_text().replace('state_dir = "state"', 'state_dir = "new/state"')
-    world.config.write_text(text.replace("[identity]", 'gnupg_home = "state/gnupg"\n\n[identity]'))
+    world.config.write_text(text.replace("[identity]", 'gnupg_home = "fresh/gpg"\n\n[identity]'))
     assert cli("--config", str(world.config), "queue").code == 0
-    for folder in (world.root / "new", world.root / "new" / "state"):
-        assert folder.stat().st_mode & 0o777 == 0o700, folder
+    assert cli("--config", str(world.config), "orgs", "check").code == 0
+    for folder in ("new", "new/state", "fresh", "fresh/gpg"):
+        assert (world.root / folder).stat().st_mode & 0o777 == 0o700, folder
     assert (world.root / "new" / "state" / "maild.db").stat().st_mode & 0o777 == 0o600

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 import stat
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -134,18 +134,6 @@ def event(
 def as_store(s: AnyStore) -> Store:
     """Both implementations satisfy the Store protocol (checked by mypy)."""
     return s
-
-
-@pytest.fixture(params=["sqlite", "memory"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[AnyStore]:
-    s: AnyStore
-    s = (
-        SqliteStore.open(tmp_path / "state" / "maild.db")
-        if request.param == "sqlite"
-        else MemoryStore()
-    )
-    yield s
-    s.close()
 
 
 @pytest.fixture

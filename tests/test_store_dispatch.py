@@ -13,7 +13,7 @@ import pytest
 from maild.adapters.store import MIGRATIONS, SqliteStore
 from maild.domain.models import MessageKind, MessageState
 from maild.service.ports import StoreError
-from tests.test_store import AnyStore, advisory, event, message, store  # noqa: F401
+from tests.test_store import AnyStore, advisory, event, message
 
 AT = datetime(2026, 12, 1, 16, tzinfo=UTC)
 

@@ -19,6 +19,7 @@ class OrgKeys:
 
     armored: dict[str, bytes]
     fpr: dict[str, str]
+    home: Path  # the keyring holding every one of these secret keys
 
 
 def make_org_keys(home: Path) -> OrgKeys:
@@ -37,7 +38,7 @@ def make_org_keys(home: Path) -> OrgKeys:
     ring.revoke(fpr["revoked"])
     armored = {name: ring.export_public(f) for name, f in fpr.items()}
     ring.close()
-    return OrgKeys(armored, fpr)
+    return OrgKeys(armored, fpr, home)
 
 
 def org_entry(org_id: str, email: str, key: str, *, status: str = "active") -> str:
@@ -78,6 +79,22 @@ class World:
         self.write_orgs(self.orgs_text)
         self.write_config()
         return self
+
+    def enable_run(self, smtp_port: int) -> None:
+        """Add what `maild run` needs: a smarthost, intake and announce list."""
+        self.write_config(
+            f"""
+[smtp]
+host = "127.0.0.1"
+port = {smtp_port}
+starttls = "off"
+connections = 2
+
+[announce]
+addresses = ["announce@lists.example"]
+blog_dir = "blog"
+"""
+        )
 
     def write_config(self, extra: str = "") -> None:
         self.config.write_text(

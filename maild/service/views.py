@@ -107,21 +107,24 @@ def receipt_json(m: MessageRecord, clock: Clock) -> dict[str, Any]:
         "sent_at": clock.iso(m.sent_at),
         "dsn": m.dsn,
         "acked_at": clock.iso(m.acked_at),
+        "possible_duplicate": m.possible_duplicate,
     }
 
 
 def receipts_text(messages: Sequence[MessageRecord], clock: Clock) -> str:
     if not messages:
         return "no messages"
-    rows = [("KIND", "ORG", "ADDRESS", "STATE", "DETAIL", "SENT", "DSN", "ACKED")]
+    rows = [("KIND", "ORG", "ADDRESS", "STATE", "DETAIL", "SMTP REPLY", "SENT", "DSN", "ACKED")]
     for m in messages:
+        reply = f"{m.smtp_code} {m.smtp_response or ''}".strip() if m.smtp_code else "-"
         rows.append(
             (
-                m.kind.value,
+                m.kind.value + (" (possible duplicate)" if m.possible_duplicate else ""),
                 m.org or "-",
                 m.address,
                 m.state.value,
-                _clip(m.detail or "-", 50),
+                _clip(m.detail or "-", 40),
+                _clip(reply, 40),
                 _short(clock, m.sent_at),
                 m.dsn or "-",
                 _short(clock, m.acked_at),

@@ -1,0 +1,101 @@
+"""Build the bytes of each message ahead of time: notices encrypted to one
+pinned key, public mail signed. Runs in worker threads (gpg is slow); reads
+nothing from the store and never logs content."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from email.utils import format_datetime
+
+from maild.adapters import mime
+from maild.adapters.gpg import Keyring
+from maild.domain import mailtext
+from maild.domain.advisory import split_front_matter
+from maild.domain.businessdays import BusinessCalendar
+from maild.domain.models import AdvisoryRecord, MessageRecord
+from maild.service.embargo import Patch, unbundle
+
+Headers = list[tuple[str, str]]
+
+
+@dataclass(frozen=True)
+class Draft:
+    """The advisory's Markdown text and patches, in memory only."""
+
+    text: str
+    patches: tuple[Patch, ...]
+
+
+@dataclass(frozen=True)
+class Composer:
+    keyring: Keyring
+    identity_address: str
+    signing_key: str
+    calendar: BusinessCalendar
+
+    def open(self, record: AdvisoryRecord) -> Draft:
+        """Unseal an advisory (decrypting with the identity key)."""
+        source, patches = unbundle(self.keyring.decrypt(record.sealed))
+        _, body, _ = split_front_matter(source, record.id)
+        return Draft(body, tuple(patches))
+
+    def notice(
+        self,
+        record: AdvisoryRecord,
+        message: MessageRecord,
+        draft: Draft,
+        org_name: str,
+        now: datetime,
+    ) -> bytes:
+        """The notice for one address: signed, and encrypted to its pinned key alone."""
+        assert message.fingerprint is not None and message.ack_token is not None
+        text = mailtext.notice(
+            record.meta,
+            record.plan,
+            self.calendar,
+            org_name=org_name,
+            draft=draft.text,
+            patch_names=[p.name for p in draft.patches],
+            ack_token=message.ack_token,
+            reply_to=self.identity_address,
+        )
+        sent = record.plan.notify_at or now
+        attachments = [mime.Attachment(p.name, p.data) for p in draft.patches]
+        return self.encrypted(message, text, attachments, sent, now)
+
+    def encrypted(
+        self,
+        message: MessageRecord,
+        text: mailtext.Text,
+        attachments: Sequence[mime.Attachment],
+        dated: datetime,
+        now: datetime,
+    ) -> bytes:
+        """Real headers and body inside the encryption; generic ones outside."""
+        assert message.fingerprint is not None
+        outer = self._headers(message, mailtext.GENERIC_SUBJECT, dated)
+        inner = mime.protected_part(
+            self._headers(message, text.subject, dated),
+            text.body,
+            attachments,
+            outer_headers=outer,
+        )
+        armored = self.keyring.sign_encrypt(inner, message.fingerprint, self.signing_key, now)
+        return mime.encrypted_message(outer, armored)
+
+    def public(self, message: MessageRecord, text: mailtext.Text, dated: datetime) -> bytes:
+        """Signed, not encrypted: the pre-announcement and the disclosure."""
+        part = mime.signed_part(text.body)
+        signature = self.keyring.detach_sign(part, self.signing_key)
+        return mime.signed_message(self._headers(message, text.subject, dated), part, signature)
+
+    def _headers(self, message: MessageRecord, subject: str, dated: datetime) -> Headers:
+        return [
+            ("From", self.identity_address),
+            ("To", message.address),
+            ("Date", format_datetime(dated.astimezone(self.calendar.zone))),
+            ("Message-ID", message.message_id),
+            ("Subject", subject),
+        ]

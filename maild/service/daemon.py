@@ -1,0 +1,144 @@
+"""`maild run`: the long-running loop around the dispatcher.
+
+It sleeps until the next message is due, waking at least every 30 s and
+within 1 s of a change made by the CLI; SIGTERM or SIGINT lets the SMTP
+transactions in flight finish, then it exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from email.utils import parseaddr
+from functools import cache
+
+import structlog
+
+from maild.adapters.gpg import KeyHealth
+from maild.adapters.smtp_out import Smarthost
+from maild.service.compose import Composer
+from maild.service.dispatch import Dispatcher, Member
+from maild.service.embargo import UserError
+from maild.service.setup import Setup
+
+MAX_SLEEP = timedelta(seconds=30)
+POLL = 1.0  # seconds between checks for CLI changes
+log = structlog.get_logger("maild.daemon")
+
+
+def system_clock() -> datetime:
+    return datetime.now(UTC)
+
+
+def configure_logging() -> None:
+    """One JSON object per line on stdout (never advisory text)."""
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.JSONRenderer(sort_keys=True),
+        ],
+        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        cache_logger_on_first_use=True,
+    )
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+
+
+def build(setup: Setup, clock: Callable[[], datetime], pool: ThreadPoolExecutor) -> Dispatcher:
+    """Check everything `run` needs, then wire the dispatcher."""
+    cfg = setup.config
+    cfg.require("run", "daemon", "identity", "keys", "orgs", "smtp", "intake", "announce")
+    assert cfg.identity and cfg.smtp and cfg.intake and cfg.announce
+    now = clock()
+    problems = [f for f in setup.all_findings(now) if f.problem]
+    structural = [p for p in setup.orgs.problems] + list(setup.folder.problems)
+    identity = [f.text for f in problems if f.text.startswith("identity.")]
+    if structural or identity:
+        raise UserError((structural + identity)[0])
+    for finding in problems:
+        log.warning("setup-problem", problem=finding.text)
+
+    @cache
+    def health(fingerprint: str) -> KeyHealth:
+        return setup.keyring.health(fingerprint, now)
+
+    members = [Member(fpr, _address(health(fpr).uids)) for fpr in cfg.intake.members]
+    password = None
+    if cfg.smtp.password_file is not None:
+        try:
+            password = cfg.smtp.password_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise UserError(f"[smtp] password_file: cannot read: {exc}") from None
+    domain = cfg.identity.address.rpartition("@")[2]
+    return Dispatcher(
+        store=setup.store,
+        composer=Composer(
+            setup.keyring, cfg.identity.address, cfg.identity.signing_key, cfg.calendar
+        ),
+        smarthost=Smarthost(cfg.smtp, local_hostname=domain, password=password),
+        orgs=setup.orgs,
+        key_health=health,
+        in_keys_folder=lambda fpr: fpr in setup.folder.fingerprints,
+        members=members,
+        announce=cfg.announce.addresses,
+        blog_dir=cfg.announce.blog_dir,
+        envelope_sender=cfg.intake.addresses[0],
+        mail_domain=domain,
+        clock=clock,
+        pool=pool,
+        connections=cfg.smtp.connections,
+    )
+
+
+async def serve(dispatcher: Dispatcher, stop: asyncio.Event) -> None:
+    """Tick, then sleep until the next due time, a CLI change, or `stop`."""
+    store, clock = dispatcher.store, dispatcher.clock
+    dispatcher.recover()
+    log.info("started")
+    while not stop.is_set():
+        seen = store.data_version()
+        next_at = await dispatcher.tick()
+        deadline = clock() + MAX_SLEEP
+        if next_at is not None and next_at < deadline:
+            deadline = next_at
+        while not stop.is_set() and store.data_version() == seen:
+            remaining = (deadline - clock()).total_seconds()
+            if remaining <= 0:
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=min(remaining, POLL))
+    log.info("stopping")
+
+
+def run(setup: Setup, clock: Callable[[], datetime] = system_clock) -> int:
+    configure_logging()
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="gpg") as pool:
+            dispatcher = build(setup, clock, pool)
+            try:
+                await serve(dispatcher, stop)
+            finally:
+                await dispatcher.smarthost.close()
+
+    with setup:
+        asyncio.run(main())
+    return 0
+
+
+def _address(uids: tuple[str, ...]) -> str | None:
+    for uid in uids:
+        _, email = parseaddr(uid)
+        if "@" in email:
+            return email
+    return None

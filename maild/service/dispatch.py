@@ -1,0 +1,468 @@
+"""The dispatcher: keep every open advisory's messages in line with the orgs
+list and keys, prepare their bytes ahead of time, release them at their
+instant (never before), record each receipt, and alert the WG.
+
+Store calls stay on the event loop's thread; gpg work goes to a small pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Protocol
+
+import structlog
+
+from maild.adapters.gpg import GpgError, KeyHealth
+from maild.adapters.smtp_out import Envelope, Outcome, SendResult
+from maild.domain import mailtext
+from maild.domain.models import (
+    AdvisoryRecord,
+    AdvisoryState,
+    MessageKind,
+    MessageRecord,
+    MessageState,
+    NewEvent,
+    Preannounce,
+)
+from maild.domain.orgs import OrgList
+from maild.service.compose import Composer, Draft
+from maild.service.embargo import notice_rows
+from maild.service.ports import Store
+from maild.service.scheduler import SENDABLE, backoff, due, due_time, next_due
+
+log = structlog.get_logger("maild.dispatch")
+ACTOR = "daemon"
+UNSENT = (MessageState.QUEUED, MessageState.SENDING)
+EMBARGOED = (MessageKind.NOTICE, MessageKind.PREANNOUNCEMENT)
+
+
+class Smarthost(Protocol):
+    async def send(self, envelope: Envelope) -> SendResult: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Member:
+    """A WG member alerts go to: the pinned key and the address in its user id."""
+
+    fingerprint: str
+    address: str | None
+
+
+@dataclass
+class Dispatcher:
+    store: Store
+    composer: Composer
+    smarthost: Smarthost
+    orgs: OrgList
+    key_health: Callable[[str], KeyHealth]  # cached per key; judged with `now` here
+    in_keys_folder: Callable[[str], bool]
+    members: Sequence[Member]
+    announce: Sequence[str]
+    blog_dir: Path | None
+    envelope_sender: str
+    mail_domain: str
+    clock: Callable[[], datetime]
+    pool: Executor
+    connections: int = 4
+
+    # -- the loop's one entry point ----------------------------------------------
+    def recover(self) -> int:
+        """After a crash: messages caught mid-transaction go again, with the
+        same Message-ID and ENVID, flagged as possible duplicates."""
+        stuck = [
+            replace(m, state=MessageState.QUEUED, possible_duplicate=True)
+            for r in self.store.list_advisories()
+            for m in self.store.messages(r.id)
+            if m.state is MessageState.SENDING
+        ]
+        if stuck:
+            self.store.update_messages(stuck)
+            log.warning("recovered-in-flight", count=len(stuck))
+        return len(stuck)
+
+    async def tick(self) -> datetime | None:
+        """One pass: sync, prepare, release what is due, advance states.
+        Returns when something next becomes due (None: nothing waits)."""
+        now = self.clock()
+        records = [r for r in self.store.list_advisories() if r.state.is_open]
+        for record in records:
+            self._sync(record, now)
+        ready = await self._prepare(records, now)
+        await self._release(due(self.clock(), ready))
+        for record in records:
+            self._advance(record, self.clock())
+        return next_due(self._ready(self.store.list_advisories()))
+
+    # -- rows ---------------------------------------------------------------------
+    def _sync(self, record: AdvisoryRecord, now: datetime) -> None:
+        """Messages match the orgs list, the keys and the announce list."""
+        messages = self.store.messages(record.id)
+        if record.state is AdvisoryState.SCHEDULED and record.plan.notify_at is not None:
+            self._sync_notices(record, messages, now)
+            messages = self.store.messages(record.id)
+        self._add_public(record, messages)
+        self._alert_blocked(record, self.store.messages(record.id), now)
+
+    def _sync_notices(
+        self, record: AdvisoryRecord, messages: list[MessageRecord], now: datetime
+    ) -> None:
+        wanted = {
+            (org.id, a.email, a.key): org
+            for org in self.orgs.recipients(record.meta.extra_recipients)
+            for a in org.addresses
+        }
+        have = {
+            (m.org, m.address, m.fingerprint)
+            for m in messages
+            if m.kind is MessageKind.NOTICE and m.state is not MessageState.CANCELLED
+        }
+        changes = []
+        for m in messages:
+            if m.kind is not MessageKind.NOTICE or not m.state.is_pending:
+                continue
+            if (m.org, m.address, m.fingerprint) not in wanted:
+                changes.append(
+                    replace(
+                        m,
+                        state=MessageState.CANCELLED,
+                        detail="no longer on the list (org removed, or address or key changed)",
+                    )
+                )
+                continue
+            problem = self._key_problem(m.fingerprint, now)
+            if problem and m.state is not MessageState.BLOCKED:
+                changes.append(replace(m, state=MessageState.BLOCKED, detail=problem))
+            elif problem is None and m.state is MessageState.BLOCKED:
+                changes.append(replace(m, state=MessageState.QUEUED, detail=None))
+        if changes:
+            self.store.update_messages(changes)
+        missing = [org for key, org in wanted.items() if key not in have]
+        if missing:
+            rows = notice_rows(
+                record,
+                list(dict.fromkeys(missing)),
+                lambda fpr: self._key_problem(fpr, now),
+                self.mail_domain,
+            )
+            rows = [m for m in rows if (m.org, m.address, m.fingerprint) not in have]
+            self.store.add_messages(record.id, rows)
+
+    def _add_public(self, record: AdvisoryRecord, messages: list[MessageRecord]) -> None:
+        kinds = {m.kind for m in messages}
+        rows = []
+        if (
+            record.plan.preannounce_at is not None
+            and record.meta.preannounce is not Preannounce.NONE
+            and MessageKind.PREANNOUNCEMENT not in kinds
+            and record.state is AdvisoryState.SCHEDULED
+        ):
+            rows += [self._new(record, MessageKind.PREANNOUNCEMENT, a) for a in self.announce]
+        if MessageKind.DISCLOSURE not in kinds:
+            rows += [self._new(record, MessageKind.DISCLOSURE, a) for a in self.announce]
+        if rows:
+            self.store.add_messages(record.id, rows)
+
+    def _alert_blocked(
+        self, record: AdvisoryRecord, messages: list[MessageRecord], now: datetime
+    ) -> None:
+        for m in messages:
+            if m.kind is MessageKind.NOTICE and m.state is MessageState.BLOCKED:
+                self._alert(
+                    record,
+                    messages,
+                    f"blocked:{m.message_id}:{m.detail}",
+                    f"notice to {m.org} <{m.address}> is blocked",
+                    [
+                        f"Reason: {m.detail}",
+                        f"Pinned key: {m.fingerprint}",
+                        "Nothing was sent to this address. Fix the key, then reload maild.",
+                    ],
+                    now,
+                )
+
+    def _alert(
+        self,
+        record: AdvisoryRecord,
+        messages: Sequence[MessageRecord],
+        about: str,
+        what: str,
+        details: list[str],
+        now: datetime,
+    ) -> None:
+        """Queue one alert per member, once per `about` (ids are derived from it)."""
+        have = {m.envid for m in messages}
+        rows = []
+        for member in self.members:
+            envid = (
+                "alert-" + hashlib.sha256(f"{about}|{member.fingerprint}".encode()).hexdigest()[:32]
+            )
+            if envid in have:
+                continue
+            problem = self._key_problem(member.fingerprint, now)
+            if member.address is None:
+                problem = "the member's key has no email address in its user id"
+            rows.append(
+                MessageRecord(
+                    advisory_id=record.id,
+                    kind=MessageKind.ALERT,
+                    address=member.address or "(none)",
+                    message_id=f"<{envid}@{self.mail_domain}>",
+                    envid=envid,
+                    state=MessageState.QUEUED if problem is None else MessageState.BLOCKED,
+                    fingerprint=member.fingerprint,
+                    detail=problem or what,
+                )
+            )
+            log.warning("alert", advisory=record.id, what=what.split(" ")[0])
+        if rows:
+            self.store.add_messages(record.id, rows)
+
+    def _new(self, record: AdvisoryRecord, kind: MessageKind, address: str) -> MessageRecord:
+        token = uuid.uuid4().hex
+        return MessageRecord(
+            advisory_id=record.id,
+            kind=kind,
+            address=address,
+            message_id=f"<{token}@{self.mail_domain}>",
+            envid=token,
+        )
+
+    # -- preparing ------------------------------------------------------------------
+    def _ready(
+        self, records: Sequence[AdvisoryRecord]
+    ) -> list[tuple[AdvisoryRecord, MessageRecord]]:
+        """Sendable messages whose bytes are prepared from the current advisory."""
+        out = []
+        for record in records:
+            versions = self.store.payload_versions(record.id)
+            out += [
+                (record, m)
+                for m in self.store.messages(record.id)
+                if m.state in SENDABLE and versions.get(m.message_id) == record.version
+            ]
+        return out
+
+    async def _prepare(
+        self, records: Sequence[AdvisoryRecord], now: datetime
+    ) -> list[tuple[AdvisoryRecord, MessageRecord]]:
+        loop = asyncio.get_running_loop()
+        for record in records:
+            versions = self.store.payload_versions(record.id)
+            todo = [
+                m
+                for m in self.store.messages(record.id)
+                if m.state in SENDABLE and versions.get(m.message_id) != record.version
+            ]
+            if not todo:
+                continue
+            draft = None
+            if any(m.kind in (MessageKind.NOTICE, MessageKind.DISCLOSURE) for m in todo):
+                try:
+                    draft = await loop.run_in_executor(self.pool, self.composer.open, record)
+                except GpgError as exc:
+                    log.error("unseal-failed", advisory=record.id, error=str(exc))
+                    continue
+            jobs = [
+                loop.run_in_executor(self.pool, self._compose, record, m, draft, now) for m in todo
+            ]
+            for m, result in zip(
+                todo, await asyncio.gather(*jobs, return_exceptions=True), strict=True
+            ):
+                if isinstance(result, bytes):
+                    self.store.put_payload(m.message_id, record.version, result, self.clock())
+                else:
+                    log.error(
+                        "prepare-failed",
+                        advisory=record.id,
+                        message=m.message_id,
+                        error=str(result),
+                    )
+        return self._ready(records)
+
+    def _compose(
+        self, record: AdvisoryRecord, m: MessageRecord, draft: Draft | None, now: datetime
+    ) -> bytes:
+        """Runs in a worker thread."""
+        if m.kind is MessageKind.NOTICE:
+            assert draft is not None
+            org = self.orgs.get(m.org or "")
+            return self.composer.notice(record, m, draft, org.name if org else m.org or "", now)
+        if m.kind is MessageKind.PREANNOUNCEMENT:
+            text = mailtext.preannouncement(record.meta, record.plan, self.composer.calendar)
+            return self.composer.public(m, text, record.plan.preannounce_at or now)
+        if m.kind is MessageKind.DISCLOSURE:
+            assert draft is not None
+            text = mailtext.disclosure(record.meta, draft.text)
+            return self.composer.public(m, text, record.plan.disclose_at)
+        what = m.detail or "maild needs attention"
+        text = mailtext.alert(record.meta, what, [])
+        return self.composer.encrypted(m, text, [], now, now)
+
+    # -- releasing -----------------------------------------------------------------
+    async def _release(self, items: Sequence[tuple[AdvisoryRecord, MessageRecord]]) -> None:
+        if not items:
+            return
+        gate = asyncio.Semaphore(self.connections)
+
+        async def one(record: AdvisoryRecord, m: MessageRecord) -> None:
+            async with gate:
+                await self._send(record, m)
+
+        await asyncio.gather(*(one(r, m) for r, m in items))
+
+    async def _send(self, record: AdvisoryRecord, m: MessageRecord) -> None:
+        now = self.clock()  # the wall clock right before the send: never early
+        when = due_time(record, m)
+        if when is None or when > now:
+            return
+        if m.kind in EMBARGOED and now >= record.plan.disclose_at:
+            return  # too late to matter; marked failed when the advisory is disclosed
+        if m.kind is MessageKind.NOTICE and (problem := self._key_problem(m.fingerprint, now)):
+            self.store.update_messages([replace(m, state=MessageState.BLOCKED, detail=problem)])
+            return
+        stored = self.store.payload(m.message_id)
+        if stored is None or stored[0] != record.version:
+            return
+        sending = replace(m, state=MessageState.SENDING, attempts=m.attempts + 1)
+        self.store.update_messages([sending])
+        result = await self.smarthost.send(
+            Envelope(self.envelope_sender, m.address, stored[1], envid=m.envid)
+        )
+        done = self._outcome(record, sending, result)
+        self.store.update_messages([done])
+        log.info(
+            "sent",
+            advisory=record.id,
+            kind=m.kind.value,
+            message=m.message_id,
+            state=done.state.value,
+            code=result.code,
+        )
+        if done.state is MessageState.FAILED and m.kind is not MessageKind.ALERT:
+            self._alert(
+                record,
+                self.store.messages(record.id),
+                f"failed:{m.message_id}",
+                f"{m.kind.value} to {m.address} failed",
+                [f"Smarthost said: {done.detail}"],
+                self.clock(),
+            )
+
+    def _outcome(self, record: AdvisoryRecord, m: MessageRecord, r: SendResult) -> MessageRecord:
+        now = self.clock()
+        base = replace(m, smtp_code=r.code, smtp_response=r.response)
+        if r.outcome is Outcome.ACCEPTED:
+            return replace(
+                base, state=MessageState.ACCEPTED, sent_at=now, detail=None, next_attempt_at=None
+            )
+        if r.outcome is Outcome.FAILED:
+            return replace(base, state=MessageState.FAILED, detail=r.response)
+        retry = now + backoff(m.attempts)
+        if m.kind in EMBARGOED and retry >= record.plan.disclose_at:
+            return replace(
+                base,
+                state=MessageState.FAILED,
+                detail=f"not delivered before disclosure: {r.response}",
+            )
+        return replace(base, state=MessageState.DEFERRED, detail=r.response, next_attempt_at=retry)
+
+    # -- advisory states --------------------------------------------------------------
+    def _advance(self, record: AdvisoryRecord, now: datetime) -> None:
+        current = self.store.get_advisory(record.id)
+        if current is None or not current.state.is_open:
+            return
+        messages = self.store.messages(record.id)
+        if (
+            current.state is AdvisoryState.SCHEDULED
+            and current.plan.notify_at is not None
+            and now >= current.plan.notify_at
+            and now < current.plan.disclose_at
+            and not any(m.kind in EMBARGOED and m.state in UNSENT for m in messages)
+        ):
+            blog = self._write_blog(current)
+            self._transition(
+                current,
+                AdvisoryState.NOTIFIED,
+                "notified",
+                now,
+                _counts(messages, EMBARGOED) | ({"blog": blog} if blog else {}),
+            )
+            return
+        disclosures = [m for m in messages if m.kind is MessageKind.DISCLOSURE]
+        if (
+            now >= current.plan.disclose_at
+            and disclosures
+            and not any(m.state in UNSENT for m in disclosures)
+        ):
+            late = [
+                replace(m, state=MessageState.FAILED, detail="not delivered before disclosure")
+                for m in messages
+                if m.kind in EMBARGOED and m.state in (*UNSENT, MessageState.DEFERRED)
+            ]
+            if late:
+                self.store.update_messages(late)
+            self._transition(
+                current,
+                AdvisoryState.DISCLOSED,
+                "disclosed",
+                now,
+                _counts(messages, (MessageKind.DISCLOSURE,)),
+            )
+
+    def _transition(
+        self,
+        record: AdvisoryRecord,
+        state: AdvisoryState,
+        kind: str,
+        now: datetime,
+        data: dict[str, object],
+    ) -> None:
+        new = replace(record, state=state, updated_at=now, version=record.version + 1)
+        self.store.update_advisory(new, NewEvent(now, kind, ACTOR, record.id, data))
+        log.info(kind, advisory=record.id, **{k: v for k, v in data.items() if k != "blog"})
+
+    def _write_blog(self, record: AdvisoryRecord) -> str | None:
+        if (
+            self.blog_dir is None
+            or record.plan.preannounce_at is None
+            or record.meta.preannounce is Preannounce.NONE
+        ):
+            return None
+        calendar = self.composer.calendar
+        day = calendar.local(record.plan.disclose_at).strftime("%Y-%m-%d")
+        tag = hashlib.sha256(record.id.encode()).hexdigest()[:8]
+        path = self.blog_dir / f"{day}-security-release-{tag}.md"
+        self.blog_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(mailtext.blog_post(record.meta, record.plan, calendar), encoding="utf-8")
+        tmp.replace(path)
+        return str(path)
+
+    def _key_problem(self, fingerprint: str | None, now: datetime) -> str | None:
+        if fingerprint is None:
+            return "no pinned key"
+        if not self.in_keys_folder(fingerprint):
+            return "pinned key is not in the keys folder"
+        health = self.key_health(fingerprint)
+        if health.problem() is not None:
+            return health.problem()
+        if health.expires_at is not None and health.expires_at <= now:
+            return f"key expired on {health.expires_at.date()}"
+        return None
+
+
+def _counts(messages: Sequence[MessageRecord], kinds: tuple[MessageKind, ...]) -> dict[str, object]:
+    counts: dict[str, object] = {}
+    for m in messages:
+        if m.kind in kinds:
+            counts[m.state.value] = int(str(counts.get(m.state.value, 0))) + 1
+    return counts

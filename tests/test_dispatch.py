@@ -1,0 +1,318 @@
+"""The dispatcher in-process on a controllable clock, with real gpg keys, a
+real SQLite store and a real loopback smarthost: what recipients receive,
+and when."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+import re
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
+from typing import Any
+
+import pytest
+
+from maild import config as configuration
+from maild.adapters.gpg import GpgError, Keyring
+from maild.adapters.sink import RunningSink, start_sink
+from maild.domain.models import MessageKind, MessageState
+from maild.service.daemon import build
+from maild.service.dispatch import Dispatcher
+from maild.service.setup import Setup
+from tests.conftest import CLI
+from tests.keyfactory import export_secret, raw_gpg, temp_keyring
+from tests.world import World, org_entry
+
+
+@dataclass
+class FakeClock:
+    """A clock the test moves by hand."""
+
+    now: datetime
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@dataclass
+class Harness:
+    world: World
+    clock: FakeClock
+    sink: RunningSink
+    dispatcher: Dispatcher
+    setup: Setup
+    loop: asyncio.AbstractEventLoop
+
+    def tick(self) -> datetime | None:
+        return self.loop.run_until_complete(self.dispatcher.tick())
+
+    def received(self, to: str) -> list[bytes]:
+        return [r.data for r in self.sink.sink.received if to in r.rcpt_tos]
+
+    def messages(self, advisory_id: str) -> list[Any]:
+        return self.setup.store.messages(advisory_id)
+
+    def advisory(self, advisory_id: str) -> Any:
+        return self.setup.store.get_advisory(advisory_id)
+
+
+DISCLOSURE = datetime(2030, 3, 12, 17, tzinfo=UTC)  # a Tuesday
+NOTICE = datetime(2030, 3, 5, 17, tzinfo=UTC)
+
+
+@pytest.fixture
+def harness(world: World, cli: CLI) -> Iterator[Harness]:
+    """A world with an advisory submitted for DISCLOSURE, a sink, and a
+    dispatcher whose clock starts a day before the notice time."""
+    loop = asyncio.new_event_loop()
+    running = loop.run_until_complete(start_sink(replies=None))
+    world.enable_run(running.port)
+    path = world.advisory(disclosure=DISCLOSURE.isoformat(), cve='["CVE-2030-0001"]')
+    patch = world.root / "fix.patch"
+    patch.write_bytes(b"--- a/lib.rs\n+++ b/lib.rs\n+PATCH-LINE\n")
+    result = cli("--config", str(world.config), "submit", str(path), "--patch", str(patch))
+    assert result.code == 0, result.err
+    clock = FakeClock(NOTICE - timedelta(days=1))
+    setup = Setup(configuration.load(world.config))
+    pool = ThreadPoolExecutor(max_workers=2)
+    dispatcher = build(setup, clock, pool)
+    try:
+        yield Harness(world, clock, running, dispatcher, setup, loop)
+    finally:
+        loop.run_until_complete(dispatcher.smarthost.close())
+        loop.run_until_complete(running.close())
+        loop.close()
+        pool.shutdown()
+        setup.__exit__(None, None, None)
+
+
+def the_id(h: Harness) -> str:
+    (record,) = h.setup.store.list_advisories()
+    return record.id
+
+
+def decrypt_as(h: Harness, name: str, data: bytes) -> tuple[bytes, str | None]:
+    """Decrypt with one organisation's secret key alone."""
+    with Keyring(h.world.keys.home) as all_keys, temp_keyring() as ring:
+        secret = ring.home / "secret.asc"
+        secret.write_bytes(export_secret(all_keys, h.world.keys.fpr[name]))
+        raw_gpg(ring, "--import", str(secret))
+        with Keyring(h.world.root / "state" / "gnupg") as identity:
+            ring.import_key(identity.export_public(h.world.identity))
+        return ring.decrypt_verify(data)
+
+
+def parse(data: bytes) -> EmailMessage:
+    msg = email.message_from_bytes(data, policy=email.policy.default)
+    assert isinstance(msg, EmailMessage)
+    return msg
+
+
+def armored_part(data: bytes) -> bytes:
+    found = re.search(rb"-----BEGIN PGP MESSAGE-----.*?-----END PGP MESSAGE-----", data, re.S)
+    assert found is not None
+    return found.group(0)
+
+
+def test_notices_are_prepared_ahead_and_nothing_is_sent_early(harness: Harness) -> None:
+    """A day before the notice time every notice is already encrypted and
+    stored, and the smarthost has received nothing."""
+    next_at = harness.tick()
+    adv = the_id(harness)
+    notices = [m for m in harness.messages(adv) if m.kind is MessageKind.NOTICE]
+    assert len(notices) == 2
+    assert all(harness.setup.store.payload(m.message_id) for m in notices)
+    assert harness.sink.sink.received == []
+    assert next_at == NOTICE
+
+
+def test_each_org_gets_its_own_encrypted_signed_notice(harness: Harness) -> None:
+    """At the notice time each org address receives one notice that decrypts
+    with its own key and no other, is signed by the identity key, carries the
+    advisory, the patch and the disclosure time, and leaks nothing outside."""
+    harness.tick()
+    harness.clock.now = NOTICE
+    harness.tick()
+    (good,) = harness.received("sec@good.example")
+    (good2,) = harness.received("sec@good2.example")
+    outer = parse(good)
+    assert outer["Subject"] == "Embargoed security notice"
+    outer_headers = good.split(b"\r\n\r\n", 1)[0].decode()
+    for word in ("frobnicator", "CVE-2030", "standard library", "WG-"):
+        assert word not in outer_headers
+    assert outer.get_content_type() == "multipart/encrypted"
+    plain, signer = decrypt_as(harness, "good", armored_part(good))
+    assert signer == harness.world.identity
+    inner = parse(plain)
+    assert "frobnicator" in inner["Subject"]
+    text = plain.decode("utf-8", "replace")
+    assert "SECRET-WORDS-42" in text and "2030-03-12 17:00" in text
+    assert any(p.get_filename() == "fix.patch" for p in inner.walk())
+    with pytest.raises(GpgError):
+        decrypt_as(harness, "good2", armored_part(good))
+    assert decrypt_as(harness, "good2", armored_part(good2))[1] == harness.world.identity
+    assert harness.received("sec@adhoc.example") == []
+
+
+def test_preannouncement_is_public_signed_and_says_only_when_and_what(harness: Harness) -> None:
+    """The pre-announcement goes out with the notices, signed, with the
+    planned date, time and zone, severity and component, never the title."""
+    harness.tick()
+    harness.clock.now = NOTICE
+    harness.tick()
+    (pre,) = harness.received("announce@lists.example")
+    msg = parse(pre)
+    assert msg.get_content_type() == "multipart/signed"
+    text = pre.decode()
+    assert "2030-03-12 17:00" in text and "UTC" in text
+    assert "high" in text and "standard library" in text
+    assert "frobnicator" not in text and "SECRET-WORDS" not in text
+    adv = harness.advisory(the_id(harness))
+    assert adv.state.value == "notified"
+    blog = list((harness.world.root / "blog").glob("*.md"))
+    assert len(blog) == 1 and "frobnicator" not in blog[0].read_text()
+
+
+def test_disclosure_publishes_the_advisory_signed(harness: Harness) -> None:
+    """At disclosure the advisory itself goes to the announce list, signed,
+    and the advisory is marked disclosed."""
+    harness.tick()
+    harness.clock.now = NOTICE
+    harness.tick()
+    harness.clock.now = DISCLOSURE - timedelta(seconds=1)
+    harness.tick()
+    assert len(harness.received("announce@lists.example")) == 1
+    harness.clock.now = DISCLOSURE
+    harness.tick()
+    _, disclosed = harness.received("announce@lists.example")
+    assert b"SECRET-WORDS-42" in disclosed
+    assert parse(disclosed).get_content_type() == "multipart/signed"
+    assert harness.advisory(the_id(harness)).state.value == "disclosed"
+
+
+def test_receipts_hold_the_smarthost_queue_id(harness: Harness) -> None:
+    """Every accepted message records the smarthost's reply with its queue id."""
+    harness.tick()
+    harness.clock.now = NOTICE
+    harness.tick()
+    accepted = [m for m in harness.messages(the_id(harness)) if m.state is MessageState.ACCEPTED]
+    assert len(accepted) == 3
+    queue_ids = {r.queue_id for r in harness.sink.sink.received}
+    for m in accepted:
+        assert m.smtp_code == 250 and m.attempts == 1 and m.sent_at == NOTICE
+        assert any(q in (m.smtp_response or "") for q in queue_ids)
+
+
+def test_a_clock_stepped_back_never_sends_early(harness: Harness) -> None:
+    """If the wall clock goes back between planning and sending, nothing is
+    sent until the notice time really comes."""
+    harness.tick()
+    harness.clock.now = NOTICE
+    harness.dispatcher.clock = lambda: NOTICE - timedelta(hours=1)
+    harness.tick()
+    assert harness.sink.sink.received == []
+    harness.dispatcher.clock = harness.clock
+    harness.tick()
+    assert len(harness.sink.sink.received) == 3
+
+
+def test_blocked_recipient_gets_nothing_and_the_wg_is_alerted(
+    harness: Harness, world: World
+) -> None:
+    """A recipient whose key was revoked gets nothing at all; each WG member
+    gets an alert encrypted to their own key."""
+    world.add_key("revoked")
+    world.write_orgs(
+        world.orgs_text + org_entry("rev", "sec@revoked.example", world.keys.fpr["revoked"])
+    )
+    fresh = Setup(configuration.load(world.config))
+    harness.dispatcher = build(fresh, harness.clock, ThreadPoolExecutor(max_workers=2))
+    harness.tick()
+    harness.clock.now = NOTICE
+    harness.tick()
+    assert harness.received("sec@revoked.example") == []
+    rev = [m for m in harness.messages(the_id(harness)) if m.org == "rev"]
+    assert [m.state for m in rev] == [MessageState.BLOCKED] and "revoked" in (rev[0].detail or "")
+    (alert,) = harness.received("m@wg.example")
+    plain, signer = decrypt_as(harness, "member", armored_part(alert))
+    assert signer == world.identity and b"blocked" in plain
+    fresh.__exit__(None, None, None)
+
+
+def test_deferred_then_accepted_with_backoff(harness: Harness) -> None:
+    """A 4xx answer defers the notice; it is retried a minute later and then
+    accepted, with two attempts on its receipt."""
+    harness.sink.sink.replies = lambda rcpt, n: (
+        "451 4.3.0 try later" if (rcpt == "sec@good.example" and n == 1) else None
+    )
+    harness.tick()
+    harness.clock.now = NOTICE
+    harness.tick()
+    (m,) = [m for m in harness.messages(the_id(harness)) if m.address == "sec@good.example"]
+    assert m.state is MessageState.DEFERRED and m.smtp_code == 451
+    assert m.next_attempt_at == NOTICE + timedelta(minutes=1)
+    harness.clock.now = NOTICE + timedelta(seconds=59)
+    harness.tick()
+    assert harness.received("sec@good.example") == []
+    harness.clock.now = NOTICE + timedelta(minutes=1)
+    harness.tick()
+    (m,) = [m for m in harness.messages(the_id(harness)) if m.address == "sec@good.example"]
+    assert m.state is MessageState.ACCEPTED and m.attempts == 2
+    assert len(harness.received("sec@good.example")) == 1
+
+
+def test_permanent_failure_is_recorded_and_alerted(harness: Harness) -> None:
+    """A 5xx answer fails the notice for that org only and alerts the WG."""
+    harness.sink.sink.replies = lambda rcpt, n: (
+        "550 5.1.1 no such user" if (rcpt == "sec@good.example") else None
+    )
+    harness.tick()
+    harness.clock.now = NOTICE
+    harness.tick()
+    states = {m.address: m.state for m in harness.messages(the_id(harness))}
+    assert states["sec@good.example"] is MessageState.FAILED
+    assert states["sec@good2.example"] is MessageState.ACCEPTED
+    harness.tick()
+    assert len(harness.received("m@wg.example")) == 1
+
+
+def test_crash_mid_send_resends_with_the_same_ids_flagged(harness: Harness) -> None:
+    """A message found 'sending' after a crash is sent again with the same
+    Message-ID and flagged as a possible duplicate."""
+    harness.tick()
+    adv = the_id(harness)
+    (m, *_) = [m for m in harness.messages(adv) if m.kind is MessageKind.NOTICE]
+    harness.setup.store.update_messages([replace(m, state=MessageState.SENDING, attempts=1)])
+    assert harness.dispatcher.recover() == 1
+    harness.clock.now = NOTICE
+    harness.tick()
+    (after,) = [x for x in harness.messages(adv) if x.message_id == m.message_id]
+    assert after.possible_duplicate and after.state is MessageState.ACCEPTED
+    assert after.attempts == 2
+    (data,) = harness.received(m.address)
+    assert parse(data)["Message-ID"] == m.message_id
+
+
+def test_removed_org_gets_nothing(harness: Harness, world: World) -> None:
+    """An org removed from the list before the notice time is cancelled."""
+    harness.tick()
+    world.write_orgs(
+        world.orgs_text.replace(
+            'status = "active"',
+            'status = "removed"\nremoved = { date = 2026-06-01, reason = "inactive" }',
+            1,
+        )
+    )
+    fresh = Setup(configuration.load(world.config))
+    harness.dispatcher = build(fresh, harness.clock, ThreadPoolExecutor(max_workers=2))
+    harness.clock.now = NOTICE
+    harness.tick()
+    assert harness.received("sec@good.example") == []
+    (m,) = [m for m in harness.messages(the_id(harness)) if m.org == "good"]
+    assert m.state is MessageState.CANCELLED
+    fresh.__exit__(None, None, None)
