@@ -1,26 +1,56 @@
-"""`maild demo`: the lifecycle so far, on throwaway keys in a temporary folder.
+"""`maild demo`: the whole lifecycle on throwaway keys in a temporary folder.
 
-It makes a WG identity and three organisations (one with an expired key),
-writes a config and orgs list, then runs the real CLI commands against them:
-plan, orgs check, submit (with a patch), queue, show. Nothing leaves the host.
+It makes a WG identity, a WG member and three organisations (one with an
+expired key), starts a loopback smarthost that keeps what it receives in a
+Maildir, and runs the real CLI and the real dispatcher: plan, orgs check,
+submit, prepare ahead, notices and pre-announcement at the notice time,
+disclosure at the disclosure time, receipts, and one notice decrypted as its
+organisation reads it. Only the demo moves the clock by hand, so a week
+passes in seconds; `maild run` always uses the real clock. Nothing leaves
+this host.
 """
 
 from __future__ import annotations
 
+import asyncio
+import email
+import email.policy
+import logging
+import re
 import shutil
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import structlog
+
+from maild import config as configuration
 from maild.adapters.gpg import Keyring
+from maild.adapters.sink import RunningSink, start_sink
+from maild.service.daemon import build
+from maild.service.setup import Setup
 
 ZONE = "Europe/Berlin"
+ADVISORY_ID = "WG-DEMO-001"
 ORGS = [
     ("north-distro", "North Distro", "distributor", "never"),
     ("south-rust", "South Rust Implementation", "alternate-implementation", "never"),
     ("stale-vendor", "Stale Vendor", "distributor", "expired"),
 ]
+STEPS = 10
+
+
+@dataclass
+class DemoClock:
+    """The demo's hand-moved clock (never used by `maild run`)."""
+
+    now: datetime
+
+    def __call__(self) -> datetime:
+        return self.now
 
 
 def run_demo(folder: Path | None = None, *, keep: bool = False) -> int:
@@ -28,41 +58,130 @@ def run_demo(folder: Path | None = None, *, keep: bool = False) -> int:
 
     work = folder or Path(tempfile.mkdtemp(prefix="maild-demo-", dir="/tmp"))
     work.mkdir(parents=True, exist_ok=True)
-    steps = 6
     config = str(work / "maild.toml")
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    loop = asyncio.new_event_loop()
 
     def step(n: int, text: str) -> None:
-        print(f"\n==> [{n}/{steps}] {text}", flush=True)
+        print(f"\n==> [{n}/{STEPS}] {text}", flush=True)
 
     def run(*args: str) -> int:
         print(f"$ maild --config {config} {' '.join(args)}", flush=True)
         return main(["--config", config, *args])
 
+    sink = loop.run_until_complete(start_sink(maildir=work / "maildir"))
     try:
-        step(1, f"making throwaway keys and a config in {work}")
-        disclosure = _write_setup(work)
+        step(1, f"making throwaway keys, a config and a loopback smarthost in {work}")
+        disclosure = _write_setup(work, sink.port)
         print("    identity key, one WG member, three organisations (stale-vendor's key expired)")
+        print(f"    smarthost: 127.0.0.1:{sink.port}, keeping what it receives in {work}/maildir")
         step(2, "the policy: what a high-severity advisory disclosed then would get")
         run("plan", "--disclosure", disclosure.isoformat(), "--severity", "high")
-        step(3, "checking the organisation list and its pinned keys")
-        run("orgs", "check")  # reports stale-vendor's expired key: exit 2 is expected
+        step(3, "checking the organisation list and its pinned keys (one problem expected)")
+        run("orgs", "check")
         step(4, "submitting an embargoed advisory with a patch")
         if run("submit", str(work / "advisory.md"), "--patch", str(work / "fix.patch")) != 0:
             return 1
-        step(5, "the queue")
         run("queue")
-        step(6, "one advisory: plan, recipients (the expired key is blocked), verified history")
-        run("show", "WG-DEMO-001")
+        if not _dispatch(loop, sink, config, step):
+            return 1
+        step(9, "the receipts: one row per message, with the smarthost's queue ids")
+        run("receipts", ADVISORY_ID)
+        step(10, "what North Distro reads after decrypting its notice")
+        _show_notice(work)
+        run("show", ADVISORY_ID)
         print(f"\ndemo complete; folder {'kept at ' + str(work) if keep else 'removed'}")
         return 0
     finally:
+        loop.run_until_complete(sink.close())
+        loop.close()
         Keyring(work / "state" / "gnupg").close()
         Keyring(work / "orgkeys").close()
         if not keep:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def _write_setup(work: Path) -> datetime:
+def _dispatch(
+    loop: asyncio.AbstractEventLoop, sink: RunningSink, config: str, step: object
+) -> bool:
+    """Steps 5 to 8: the dispatcher on the demo clock."""
+    assert callable(step)
+    setup = Setup(configuration.load(Path(config)))
+    with setup, ThreadPoolExecutor(max_workers=2, thread_name_prefix="gpg") as pool:
+        record = setup.store.get_advisory(ADVISORY_ID)
+        if record is None or record.plan.notify_at is None:
+            print("the advisory has no notice time")
+            return False
+        clock = DemoClock(datetime.now(UTC))
+        dispatcher = build(setup, clock, pool)
+        try:
+            step(5, "the daemon prepares every message ahead of time (encrypted, signed)")
+            dispatcher.recover()
+            loop.run_until_complete(dispatcher.tick())
+            versions = setup.store.payload_versions(ADVISORY_ID)
+            print(
+                f"    {len(versions)} messages prepared and stored; sent so far: "
+                f"{len(sink.sink.received)}"
+            )
+            for label, at, n in (
+                (
+                    "the notice time: notices and the public pre-announcement go out",
+                    record.plan.notify_at,
+                    6,
+                ),
+                (
+                    "the disclosure time: the advisory is published, signed",
+                    record.plan.disclose_at,
+                    7,
+                ),
+            ):
+                step(n, f"clock moved to {at.isoformat()}, {label}")
+                before = len(sink.sink.received)
+                clock.now = at
+                loop.run_until_complete(dispatcher.tick())
+                loop.run_until_complete(dispatcher.tick())  # alerts queued in the first pass
+                for r in sink.sink.received[before:]:
+                    print(f"    -> {', '.join(r.rcpt_tos):<36} queued as {r.queue_id}")
+            step(8, "the advisory's state")
+            final = setup.store.get_advisory(ADVISORY_ID)
+            print(f"    {ADVISORY_ID} is {final.state.value if final else '?'}")
+        finally:
+            loop.run_until_complete(dispatcher.smarthost.close())
+    return True
+
+
+def _show_notice(work: Path) -> None:
+    orgs = Keyring(work / "orgkeys")
+    identity = Keyring(work / "state" / "gnupg")
+    for path in sorted((work / "maildir" / "new").iterdir()):
+        raw = path.read_bytes()
+        if b"To: security@north-distro.example" not in raw:
+            continue
+        armored = re.search(rb"-----BEGIN PGP MESSAGE-----.*?-----END PGP MESSAGE-----", raw, re.S)
+        assert armored is not None
+        outer = raw.split(b"\r\n\r\n", 1)[0].decode()
+        print("    outer headers (what any mail server sees):")
+        print("\n".join("      " + line for line in outer.splitlines()))
+        orgs.import_key(identity.export_public(identity_fingerprint(work)))
+        plain, signer = orgs.decrypt_verify(armored.group(0))
+        inner = email.message_from_bytes(plain, policy=email.policy.default)
+        print(f"    decrypted with North Distro's key; signed by {signer}")
+        print(f"    inner Subject: {inner['Subject']}")
+        body = next(p for p in inner.walk() if p.get_content_type() == "text/plain")
+        print("\n".join("      | " + line for line in body.get_content().splitlines()[:40]))
+        print(f"    attachments: {[p.get_filename() for p in inner.walk() if p.get_filename()]}")
+        return
+    print("    no notice for North Distro found in the Maildir")
+
+
+def identity_fingerprint(work: Path) -> str:
+    text = (work / "maild.toml").read_text()
+    found = re.search(r'signing_key = "([0-9A-F]{40})"', text)
+    assert found is not None
+    return found.group(1)
+
+
+def _write_setup(work: Path, smtp_port: int) -> datetime:
     """Keys, maild.toml, orgs.toml, an advisory and a patch; returns the disclosure."""
     identity = Keyring(work / "state" / "gnupg")
     wg = identity.generate("maild demo identity <security@demo.example>")
@@ -84,7 +203,7 @@ def _write_setup(work: Path) -> datetime:
             org_toml(org_id, f"security@{org_id}.example", fpr, name=name, basis=basis)
         )
     (work / "orgs.toml").write_text("".join(org_entries), encoding="utf-8")
-    (work / "maild.toml").write_text(_config_toml(wg, member), encoding="utf-8")
+    (work / "maild.toml").write_text(_config_toml(wg, member, smtp_port), encoding="utf-8")
 
     zone = ZoneInfo(ZONE)
     day = (datetime.now(zone) + timedelta(days=10)).date()
@@ -124,7 +243,7 @@ pledge = {{ date = 2026-01-15, by = "Ana" }}
 """
 
 
-def _config_toml(identity: str, member: str) -> str:
+def _config_toml(identity: str, member: str, smtp_port: int) -> str:
     return f"""# maild demo configuration (throwaway)
 [daemon]
 state_dir = "state"
@@ -146,6 +265,15 @@ file = "orgs.toml"
 listen = "127.0.0.1:8025"
 addresses = ["embargo@demo.example"]
 members = ["{member}"]
+
+[smtp]
+host = "127.0.0.1"
+port = {smtp_port}
+starttls = "off"
+
+[announce]
+addresses = ["security-announce@demo.example"]
+blog_dir = "blog"
 """
 
 
