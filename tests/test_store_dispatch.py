@@ -21,8 +21,9 @@ AT = datetime(2026, 12, 1, 16, tzinfo=UTC)
 def test_receipt_fields_update_in_one_transaction(store: AnyStore) -> None:
     """A send's outcome (state, attempts, SMTP reply, retry time, duplicate
     flag) is recorded and reads back; identity fields never change."""
-    store.add_advisory(advisory(), [message("RSA-2026-0001", 1), message("RSA-2026-0001", 2)],
-                       event())  # fmt: skip
+    store.add_advisory(
+        advisory(), [message("RSA-2026-0001", 1), message("RSA-2026-0001", 2)], event()
+    )
     first, second = store.messages("RSA-2026-0001")
     sent = replace(
         first,
@@ -97,3 +98,34 @@ def test_schema_1_database_is_upgraded_in_place(tmp_path: Path) -> None:
     with sqlite3.connect(path) as check:
         assert check.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
     upgraded.close()
+
+
+def test_cancelling_by_kind_spares_the_disclosure_and_alerts(store: AnyStore) -> None:
+    """Ending an embargo early cancels unsent notices and pre-announcements
+    only: the disclosure still goes out and WG alerts are never cancelled."""
+    kinds = [
+        MessageKind.NOTICE,
+        MessageKind.PREANNOUNCEMENT,
+        MessageKind.DISCLOSURE,
+        MessageKind.ALERT,
+    ]
+    rows = [message("RSA-2026-0001", i, kind=k) for i, k in enumerate(kinds)]
+    record = advisory()
+    store.add_advisory(record, rows, event())
+    store.update_advisory(
+        replace(record, version=2),
+        event("disclose-now"),
+        cancel_pending="ended early",
+        cancel_kinds=(MessageKind.NOTICE, MessageKind.PREANNOUNCEMENT),
+    )
+    states = {m.kind: m.state for m in store.messages("RSA-2026-0001")}
+    assert states == {
+        MessageKind.NOTICE: MessageState.CANCELLED,
+        MessageKind.PREANNOUNCEMENT: MessageState.CANCELLED,
+        MessageKind.DISCLOSURE: MessageState.QUEUED,
+        MessageKind.ALERT: MessageState.QUEUED,
+    }
+    store.update_advisory(replace(record, version=3), event("cancelled"), cancel_pending="x")
+    states = {m.kind: m.state for m in store.messages("RSA-2026-0001")}
+    assert states[MessageKind.DISCLOSURE] is MessageState.CANCELLED
+    assert states[MessageKind.ALERT] is MessageState.QUEUED

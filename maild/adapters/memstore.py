@@ -34,7 +34,15 @@ from maild.adapters.store import (
     unknown_message,
 )
 from maild.domain import audit
-from maild.domain.models import AdvisoryRecord, Event, MessageRecord, MessageState, NewEvent
+from maild.domain.models import (
+    ADVISORY_MAIL,
+    AdvisoryRecord,
+    Event,
+    MessageKind,
+    MessageRecord,
+    MessageState,
+    NewEvent,
+)
 from maild.service.ports import StoreError
 
 
@@ -69,9 +77,11 @@ class MemoryStore:
         event: NewEvent,
         *,
         cancel_pending: str | None = None,
+        cancel_kinds: Sequence[MessageKind] = ADVISORY_MAIL,
         add_messages: Sequence[MessageRecord] = (),
     ) -> Event:
         self._check_open()
+        kinds = {MessageKind(k).value for k in cancel_kinds}
         row, new = advisory_to_row(record), prepare_event(event)
         message_rows = messages_to_rows(record.id, add_messages)
         stored = self._advisories.get(record.id)
@@ -85,7 +95,9 @@ class MemoryStore:
         if cancel_pending is not None:
             self._messages = [
                 {**m, "state": MessageState.CANCELLED.value, "detail": cancel_pending}
-                if m["advisory_id"] == record.id and m["state"] in PENDING_STATES
+                if m["advisory_id"] == record.id
+                and m["state"] in PENDING_STATES
+                and m["kind"] in kinds
                 else m
                 for m in self._messages
             ]

@@ -22,6 +22,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from maild.adapters.files import make_private_dirs
 from maild.domain import audit
 from maild.domain.models import (
+    ADVISORY_MAIL,
     AdvisoryMeta,
     AdvisoryRecord,
     AdvisoryState,
@@ -422,9 +423,11 @@ class SqliteStore:
         event: NewEvent,
         *,
         cancel_pending: str | None = None,
+        cancel_kinds: Sequence[MessageKind] = ADVISORY_MAIL,
         add_messages: Sequence[MessageRecord] = (),
     ) -> Event:
         row, new = advisory_to_row(record), prepare_event(event)
+        kinds = tuple(MessageKind(k).value for k in cancel_kinds)
         message_rows = messages_to_rows(record.id, add_messages)
         with _transaction(self._conn, self.path) as conn:
             sql = "SELECT version FROM advisories WHERE id = ?"
@@ -437,10 +440,17 @@ class SqliteStore:
             conn.execute(f"UPDATE advisories SET {assignments} WHERE id = :id", row)
             if cancel_pending is not None:
                 marks = ", ".join("?" for _ in PENDING_STATES)
+                kind_marks = ", ".join("?" for _ in kinds)
                 conn.execute(
-                    f"UPDATE messages SET state = ?, detail = ? "
-                    f"WHERE advisory_id = ? AND state IN ({marks})",
-                    (MessageState.CANCELLED.value, cancel_pending, record.id, *PENDING_STATES),
+                    f"UPDATE messages SET state = ?, detail = ? WHERE advisory_id = ? "
+                    f"AND state IN ({marks}) AND kind IN ({kind_marks})",
+                    (
+                        MessageState.CANCELLED.value,
+                        cancel_pending,
+                        record.id,
+                        *PENDING_STATES,
+                        *kinds,
+                    ),
                 )
             self._insert_messages(conn, message_rows)
             return _append(conn, new)

@@ -35,6 +35,12 @@ class MessageKind(StrEnum):
     ALERT = "alert"
 
 
+# What an embargo change may cancel: the advisory's own mail, never alerts or
+# replies to the WG.
+ADVISORY_MAIL = (MessageKind.NOTICE, MessageKind.PREANNOUNCEMENT, MessageKind.DISCLOSURE)
+EMBARGOED_MAIL = (MessageKind.NOTICE, MessageKind.PREANNOUNCEMENT)
+
+
 class MessageState(StrEnum):
     QUEUED = "queued"
     SENDING = "sending"

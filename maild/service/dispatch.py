@@ -23,6 +23,7 @@ from maild.adapters.gpg import GpgError, KeyHealth
 from maild.adapters.smtp_out import Envelope, Outcome, SendResult
 from maild.domain import mailtext
 from maild.domain.models import (
+    EMBARGOED_MAIL,
     AdvisoryRecord,
     AdvisoryState,
     MessageKind,
@@ -40,7 +41,6 @@ from maild.service.scheduler import SENDABLE, backoff, due, due_time, next_due
 log = structlog.get_logger("maild.dispatch")
 ACTOR = "daemon"
 UNSENT = (MessageState.QUEUED, MessageState.SENDING)
-EMBARGOED = (MessageKind.NOTICE, MessageKind.PREANNOUNCEMENT)
 
 
 class Smarthost(Protocol):
@@ -324,7 +324,7 @@ class Dispatcher:
         when = due_time(record, m)
         if when is None or when > now:
             return
-        if m.kind in EMBARGOED and now >= record.plan.disclose_at:
+        if m.kind in EMBARGOED_MAIL and now >= record.plan.disclose_at:
             return  # too late to matter; marked failed when the advisory is disclosed
         if m.kind is MessageKind.NOTICE and (problem := self._key_problem(m.fingerprint, now)):
             self.store.update_messages([replace(m, state=MessageState.BLOCKED, detail=problem)])
@@ -367,7 +367,7 @@ class Dispatcher:
         if r.outcome is Outcome.FAILED:
             return replace(base, state=MessageState.FAILED, detail=r.response)
         retry = now + backoff(m.attempts)
-        if m.kind in EMBARGOED and retry >= record.plan.disclose_at:
+        if m.kind in EMBARGOED_MAIL and retry >= record.plan.disclose_at:
             return replace(
                 base,
                 state=MessageState.FAILED,
@@ -386,7 +386,7 @@ class Dispatcher:
             and current.plan.notify_at is not None
             and now >= current.plan.notify_at
             and now < current.plan.disclose_at
-            and not any(m.kind in EMBARGOED and m.state in UNSENT for m in messages)
+            and not any(m.kind in EMBARGOED_MAIL and m.state in UNSENT for m in messages)
         ):
             blog = self._write_blog(current)
             self._transition(
@@ -394,7 +394,7 @@ class Dispatcher:
                 AdvisoryState.NOTIFIED,
                 "notified",
                 now,
-                _counts(messages, EMBARGOED) | ({"blog": blog} if blog else {}),
+                _counts(messages, EMBARGOED_MAIL) | ({"blog": blog} if blog else {}),
             )
             return
         disclosures = [m for m in messages if m.kind is MessageKind.DISCLOSURE]
@@ -406,7 +406,7 @@ class Dispatcher:
             late = [
                 replace(m, state=MessageState.FAILED, detail="not delivered before disclosure")
                 for m in messages
-                if m.kind in EMBARGOED and m.state in (*UNSENT, MessageState.DEFERRED)
+                if m.kind in EMBARGOED_MAIL and m.state in (*UNSENT, MessageState.DEFERRED)
             ]
             if late:
                 self.store.update_messages(late)

@@ -14,6 +14,7 @@ from datetime import datetime
 from maild.domain.advisory import parse_advisory
 from maild.domain.businessdays import BusinessCalendar
 from maild.domain.models import (
+    EMBARGOED_MAIL,
     AdvisoryMeta,
     AdvisoryRecord,
     AdvisoryState,
@@ -138,6 +139,7 @@ class Desk:
             new,
             NewEvent(now, "rescheduled", actor, advisory_id, data),
             cancel_pending=None if schedule.has_notice else "the new plan has no advance notice",
+            cancel_kinds=EMBARGOED_MAIL,
             add_messages=rows,
         )
         return new
@@ -172,7 +174,10 @@ class Desk:
             {"reason": reason.strip(), "was": record.plan.disclose_at.isoformat()},
         )
         self.store.update_advisory(
-            new, event, cancel_pending="embargo ended early (disclose-now) before this was sent"
+            new,
+            event,
+            cancel_pending="embargo ended early (disclose-now) before this was sent",
+            cancel_kinds=EMBARGOED_MAIL,
         )
         return new
 

@@ -7,7 +7,14 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Protocol
 
-from maild.domain.models import AdvisoryRecord, Event, MessageRecord, NewEvent
+from maild.domain.models import (
+    ADVISORY_MAIL,
+    AdvisoryRecord,
+    Event,
+    MessageKind,
+    MessageRecord,
+    NewEvent,
+)
 
 
 class StoreError(Exception):
@@ -38,13 +45,14 @@ class Store(Protocol):
         event: NewEvent,
         *,
         cancel_pending: str | None = None,
+        cancel_kinds: Sequence[MessageKind] = ADVISORY_MAIL,
         add_messages: Sequence[MessageRecord] = (),
     ) -> Event:
         """Replace the stored advisory by `record`, whose `version` must be the
         stored version + 1 (else Conflict: someone changed it meanwhile).
-        With `cancel_pending`, every message of the advisory not yet handed to
-        the smarthost (queued, deferred, blocked) becomes cancelled with that
-        text as its detail; then `add_messages` are added."""
+        With `cancel_pending`, every message of the advisory of `cancel_kinds`
+        not yet handed to the smarthost (queued, deferred, blocked) becomes
+        cancelled with that text as its detail; then `add_messages` are added."""
         ...
 
     def append_event(self, event: NewEvent) -> Event:

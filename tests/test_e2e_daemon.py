@@ -1,0 +1,215 @@
+"""End to end: the real `maild run` process, a loopback smarthost in its own
+process, real gpg keys and SQLite. What operators and recipients see."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from maild.adapters.gpg import Keyring
+from maild.adapters.store import SqliteStore
+from maild.domain.models import MessageKind, MessageRecord, MessageState
+from tests.conftest import CLI
+from tests.keyfactory import export_secret, raw_gpg, temp_keyring
+from tests.world import World
+
+WAIT = 30.0  # seconds: an upper bound for the daemon to react, never a pacing sleep
+
+
+def wait_for(what: str, check: Callable[[], object], timeout: float = WAIT) -> object:
+    """Poll `check` until it returns something truthy; fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Process:
+    def __init__(self, args: list[str], log: Path) -> None:
+        self.log = log
+        self.handle = log.open("wb")
+        self.proc = subprocess.Popen(args, stdout=self.handle, stderr=subprocess.STDOUT)
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        code = self.proc.wait(timeout=20)
+        self.handle.close()
+        return code
+
+
+@pytest.fixture
+def sink(world: World) -> Iterator[tuple[Process, int, Path]]:
+    """The loopback smarthost as its own process, keeping a Maildir."""
+    maildir = world.root / "maildir"
+    proc = Process(
+        [sys.executable, "-m", "maild.adapters.sink", "--port", "0", "--maildir", str(maildir)],
+        world.root / "sink.log",
+    )
+    line = wait_for(
+        "the sink to listen", lambda: re.search(r"listening on [\d.]+:(\d+)", proc.text())
+    )
+    assert isinstance(line, re.Match)
+    yield proc, int(line.group(1)), maildir
+    proc.proc.send_signal(signal.SIGCONT)
+    proc.stop()
+
+
+@pytest.fixture
+def daemon(world: World, sink: tuple[Process, int, Path]) -> Iterator[Callable[[], Process]]:
+    """Starts `maild run` on the world (call it again after a kill to restart)."""
+    world.enable_run(sink[1])
+    started: list[Process] = []
+
+    def start() -> Process:
+        n = len(started)
+        proc = Process(
+            [sys.executable, "-m", "maild", "--config", str(world.config), "run"],
+            world.root / f"daemon-{n}.log",
+        )
+        wait_for("the daemon to start", lambda: '"event": "started"' in proc.text())
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.proc.poll() is None:
+            proc.stop(signal.SIGKILL)
+
+
+def mails(maildir: Path) -> list[bytes]:
+    new = maildir / "new"
+    return [p.read_bytes() for p in sorted(new.iterdir())] if new.exists() else []
+
+
+def to(maildir: Path, address: str) -> list[bytes]:
+    return [m for m in mails(maildir) if f"To: {address}".encode() in m]
+
+
+def receipts(world: World, advisory_id: str) -> list[MessageRecord]:
+    store = SqliteStore.open(world.database)
+    try:
+        return store.messages(advisory_id)
+    finally:
+        store.close()
+
+
+def submit(cli: CLI, world: World, disclosure: datetime) -> str:
+    path = world.advisory(disclosure=disclosure.replace(microsecond=0).isoformat())
+    result = cli("--config", str(world.config), "submit", str(path), "--json")
+    assert result.code == 0, result.err
+    return str(result.json()["id"])
+
+
+def decrypts_for(world: World, name: str, data: bytes) -> bytes:
+    armored = re.search(rb"-----BEGIN PGP MESSAGE-----.*?-----END PGP MESSAGE-----", data, re.S)
+    assert armored is not None
+    with Keyring(world.keys.home) as keys, temp_keyring() as ring:
+        secret = ring.home / "k.asc"
+        secret.write_bytes(export_secret(keys, world.keys.fpr[name]))
+        raw_gpg(ring, "--import", str(secret))
+        plain, _ = ring.decrypt_verify(armored.group(0))
+        return plain
+
+
+def test_late_advisory_is_sent_now_and_leaks_nothing_to_the_log(
+    cli: CLI, world: World, sink: tuple[Process, int, Path], daemon: Callable[[], Process]
+) -> None:
+    """An advisory accepted after its notice time is sent at once by the
+    running daemon: each org its own notice, the announce list the
+    pre-announcement; receipts hold the smarthost's queue ids; the daemon's
+    log never contains the advisory's words; SIGTERM exits 0."""
+    proc = daemon()
+    adv = submit(cli, world, datetime.now(UTC) + timedelta(days=2))
+    maildir = sink[2]
+    wait_for("three messages", lambda: len(mails(maildir)) >= 3)
+    (good,) = to(maildir, "sec@good.example")
+    assert b"SECRET-WORDS-42" in decrypts_for(world, "good", good)
+    assert b"SECRET-WORDS-42" not in good
+    assert len(to(maildir, "announce@lists.example")) == 1
+    assert to(maildir, "sec@adhoc.example") == []
+    done = wait_for(
+        "receipts",
+        lambda: [m for m in receipts(world, adv) if m.state is MessageState.ACCEPTED],
+    )
+    assert isinstance(done, list) and len(done) == 3
+    assert all(re.search(r"queued as [0-9A-F]+", m.smtp_response or "") for m in done)
+    assert proc.stop() == 0
+    log = proc.text()
+    for secret in ("SECRET-WORDS-42", "frobnicator", "Use-after-free"):
+        assert secret not in log
+
+
+def test_nothing_early_then_disclose_now_publishes_at_once(
+    cli: CLI, world: World, sink: tuple[Process, int, Path], daemon: Callable[[], Process]
+) -> None:
+    """A future advisory is prepared but nothing is sent; `disclose-now`
+    makes the running daemon publish the advisory within seconds, and the
+    notices that were never sent stay unsent."""
+    daemon()
+    adv = submit(cli, world, datetime.now(UTC) + timedelta(days=30))
+    store_ready = lambda: SqliteStore.open(world.database).payload_versions(adv)  # noqa: E731
+    wait_for("the notices to be prepared", lambda: len(store_ready()) >= 2)
+    assert mails(sink[2]) == []
+    result = cli("--config", str(world.config), "disclose-now", adv, "--reason", "exploit out")
+    assert result.code == 0
+    (published,) = wait_for("the disclosure", lambda: to(sink[2], "announce@lists.example"))
+    assert b"SECRET-WORDS-42" in published
+    assert to(sink[2], "sec@good.example") == []
+    notices = [m for m in receipts(world, adv) if m.kind is MessageKind.NOTICE]
+    assert {m.state for m in notices} == {MessageState.CANCELLED}
+
+
+def test_kill_9_during_a_release_loses_nothing(
+    cli: CLI, world: World, sink: tuple[Process, int, Path], daemon: Callable[[], Process]
+) -> None:
+    """maild killed with SIGKILL while notices are on the wire: after a
+    restart every notice arrives, resent with the same Message-ID and flagged
+    as a possible duplicate; nothing is lost."""
+    sink_proc, _, maildir = sink
+    first = daemon()
+    sink_proc.proc.send_signal(signal.SIGSTOP)  # transactions hang mid-release
+    adv = submit(cli, world, datetime.now(UTC) + timedelta(days=2))
+    wait_for(
+        "a message on the wire",
+        lambda: any(m.state is MessageState.SENDING for m in receipts(world, adv)),
+    )
+    first.stop(signal.SIGKILL)
+    sink_proc.proc.send_signal(signal.SIGCONT)
+    second = daemon()
+    wait_for(
+        "every notice accepted",
+        lambda: all(
+            m.state is MessageState.ACCEPTED
+            for m in receipts(world, adv)
+            if m.kind in (MessageKind.NOTICE, MessageKind.PREANNOUNCEMENT)
+        ),
+    )
+    flagged = [m for m in receipts(world, adv) if m.possible_duplicate]
+    assert 1 <= len(flagged) <= 2  # at most one per open connection ([smtp] connections = 2)
+    for address in ("sec@good.example", "sec@good2.example"):
+        copies = to(maildir, address)
+        assert 1 <= len(copies) <= 2
+        ids = {re.search(rb"Message-ID: (<[^>]+>)", c).group(1) for c in copies}  # type: ignore[union-attr]
+        assert len(ids) == 1
+    assert second.stop() == 0
+
+
+def test_run_refuses_to_start_without_its_sections(cli: CLI, world: World) -> None:
+    """`maild run` without [smtp] says which section is missing: exit 2."""
+    result = cli("--config", str(world.config), "run")
+    assert result.code == 2 and "[smtp] is missing; 'run' needs it" in result.err
