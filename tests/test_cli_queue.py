@@ -257,6 +257,7 @@ def test_receipts_lists_one_row_per_message(cli: CLI, world: World) -> None:
         "dsn",
         "acked_at",
         "possible_duplicate",
+        "purpose",
     }
     assert rows[0]["kind"] == "notice" and rows[0]["message_id"].endswith("@maild.example>")
 

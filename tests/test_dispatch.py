@@ -316,3 +316,55 @@ def test_removed_org_gets_nothing(harness: Harness, world: World) -> None:
     (m,) = [m for m in harness.messages(the_id(harness)) if m.org == "good"]
     assert m.state is MessageState.CANCELLED
     fresh.__exit__(None, None, None)
+
+
+def notified(h: Harness) -> str:
+    """Take the harness's advisory through its notice time."""
+    h.tick()
+    h.clock.now = NOTICE
+    h.tick()
+    assert h.advisory(the_id(h)).state.value == "notified"
+    return the_id(h)
+
+
+def test_reschedule_after_notices_sends_updates_and_a_revised_preannouncement(
+    harness: Harness, cli: CLI
+) -> None:
+    """Moving the disclosure after the notices went out sends each notified
+    org an encrypted update with the new date, and the announce list a
+    revised, signed pre-announcement."""
+    adv = notified(harness)
+    harness.clock.now = NOTICE + timedelta(hours=1)
+    moved = "2030-03-19T17:00:00+00:00"
+    assert (
+        cli("--config", str(harness.world.config), "reschedule", adv, "--disclosure", moved).code
+        == 0
+    )
+    harness.tick()
+    original, update = harness.received("sec@good.example")
+    plain, signer = decrypt_as(harness, "good", armored_part(update))
+    assert signer == harness.world.identity
+    assert b"EMBARGO UPDATE" in plain and b"2030-03-19 17:00" in plain
+    assert parse(update)["Subject"] == "Embargoed security notice"
+    pre, revised = harness.received("announce@lists.example")
+    assert b"Revised: Security release planned for 2030-03-19 17:00" in revised
+    assert b"frobnicator" not in revised
+    updates = [m for m in harness.messages(adv) if m.purpose.value == "update"]
+    assert {m.state for m in updates} == {MessageState.ACCEPTED} and len(updates) == 3
+
+
+def test_cancel_after_notices_sends_an_encrypted_withdrawal(harness: Harness, cli: CLI) -> None:
+    """Cancelling after the notices went out tells each notified org, in an
+    encrypted message, that the advisory is withdrawn; nothing public is sent
+    and the disclosure never goes out."""
+    adv = notified(harness)
+    assert cli("--config", str(harness.world.config), "cancel", adv).code == 0
+    harness.tick()
+    _, withdrawal = harness.received("sec@good.example")
+    plain, _ = decrypt_as(harness, "good", armored_part(withdrawal))
+    assert b"ADVISORY WITHDRAWN" in plain
+    harness.clock.now = DISCLOSURE
+    harness.tick()
+    assert len(harness.received("announce@lists.example")) == 1  # the pre-announcement only
+    disclosure = [m for m in harness.messages(adv) if m.kind is MessageKind.DISCLOSURE]
+    assert {m.state for m in disclosure} == {MessageState.CANCELLED}

@@ -86,6 +86,7 @@ def test_schema_1_database_is_upgraded_in_place(tmp_path: Path) -> None:
     store.close()
     conn = sqlite3.connect(path)
     conn.executescript(
+        "ALTER TABLE messages DROP COLUMN purpose;"
         "DROP TABLE payloads;"
         "ALTER TABLE messages DROP COLUMN next_attempt_at;"
         "ALTER TABLE messages DROP COLUMN possible_duplicate;"

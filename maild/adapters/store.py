@@ -28,6 +28,7 @@ from maild.domain.models import (
     AdvisoryState,
     Event,
     MessageKind,
+    MessagePurpose,
     MessageRecord,
     MessageState,
     NewEvent,
@@ -125,6 +126,10 @@ MIGRATIONS: list[str] = [
         data BLOB NOT NULL,
         prepared_at TEXT NOT NULL
     );
+    """,
+    """
+    ALTER TABLE messages ADD COLUMN purpose TEXT NOT NULL DEFAULT 'original'
+        CHECK (purpose IN ('original', 'update', 'withdrawal'));
     """,
 ]
 
@@ -289,6 +294,7 @@ def message_to_row(m: MessageRecord) -> Row:
         for name in DATETIME_MESSAGE_COLUMNS:
             row[name] = _opt_dt_to_text(name, getattr(m, name))
         row["possible_duplicate"] = int(bool(m.possible_duplicate))
+        row["purpose"] = MessagePurpose(m.purpose).value
         return row
 
 
@@ -300,6 +306,7 @@ def message_from_row(row: Mapping[str, Any]) -> MessageRecord:
         for name in DATETIME_MESSAGE_COLUMNS:
             values[name] = _opt_dt_from_text(row[name])
         values["possible_duplicate"] = bool(row["possible_duplicate"])
+        values["purpose"] = MessagePurpose(row["purpose"])
         return MessageRecord(**values)
 
 

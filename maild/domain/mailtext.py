@@ -120,6 +120,12 @@ def preannouncement(meta: AdvisoryMeta, plan: Plan, calendar: BusinessCalendar) 
     return Text(subject, "\n".join(lines))
 
 
+def revised_preannouncement(meta: AdvisoryMeta, plan: Plan, calendar: BusinessCalendar) -> Text:
+    """The pre-announcement again, after the release date moved."""
+    text = preannouncement(meta, plan, calendar)
+    return Text(f"Revised: {text.subject}", "The planned date has changed.\n\n" + text.body)
+
+
 def blog_post(meta: AdvisoryMeta, plan: Plan, calendar: BusinessCalendar) -> str:
     """The pre-announcement as a Markdown blog draft."""
     text = preannouncement(meta, plan, calendar)
@@ -140,3 +146,44 @@ def alert(meta: AdvisoryMeta, what: str, details: Sequence[str]) -> Text:
 
 def _short(instant: datetime, calendar: BusinessCalendar) -> str:
     return calendar.local(instant).strftime("%Y-%m-%d %H:%M %Z")
+
+
+def notice_update(
+    meta: AdvisoryMeta, plan: Plan, calendar: BusinessCalendar, *, org_name: str
+) -> Text:
+    """To an org already notified: the disclosure moved."""
+    embargo = when(plan.disclose_at, calendar)
+    body = "\n".join(
+        [
+            f"To: {org_name}",
+            "",
+            "EMBARGO UPDATE",
+            "",
+            f"The public disclosure of {meta.id} has moved. The embargo now ends on",
+            f"{embargo}.",
+            "",
+            "Everything you received stays confidential until then, under the same terms.",
+            "",
+        ]
+    )
+    return Text(
+        f"[EMBARGO UPDATE: now until {_short(plan.disclose_at, calendar)}] {meta.title}", body
+    )
+
+
+def withdrawal(meta: AdvisoryMeta, *, org_name: str) -> Text:
+    """To an org already notified: the advisory was withdrawn."""
+    body = "\n".join(
+        [
+            f"To: {org_name}",
+            "",
+            "ADVISORY WITHDRAWN",
+            "",
+            f"The Security Response WG has withdrawn {meta.id}. No disclosure is scheduled.",
+            "",
+            "Everything you received about it stays confidential: do not publish or share",
+            "it. The WG will contact you if this changes.",
+            "",
+        ]
+    )
+    return Text(f"[WITHDRAWN] {meta.title}", body)

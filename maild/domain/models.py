@@ -35,6 +35,14 @@ class MessageKind(StrEnum):
     ALERT = "alert"
 
 
+class MessagePurpose(StrEnum):
+    """Why a notice or pre-announcement is sent."""
+
+    ORIGINAL = "original"
+    UPDATE = "update"  # the disclosure moved after the notices went out
+    WITHDRAWAL = "withdrawal"  # the advisory was cancelled after the notices went out
+
+
 # What an embargo change may cancel: the advisory's own mail, never alerts or
 # replies to the WG.
 ADVISORY_MAIL = (MessageKind.NOTICE, MessageKind.PREANNOUNCEMENT, MessageKind.DISCLOSURE)
@@ -127,6 +135,7 @@ class MessageRecord:
     ack_token: str | None = None
     next_attempt_at: datetime | None = None  # after a deferral: not before this
     possible_duplicate: bool = False  # resent after a crash mid-transaction
+    purpose: MessagePurpose = MessagePurpose.ORIGINAL
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from maild.domain.models import (
     AdvisoryRecord,
     AdvisoryState,
     MessageKind,
+    MessagePurpose,
     MessageRecord,
     MessageState,
     NewEvent,
@@ -93,10 +94,17 @@ class Dispatcher:
         """One pass: sync, prepare, release what is due, advance states.
         Returns when something next becomes due (None: nothing waits)."""
         now = self.clock()
-        records = [r for r in self.store.list_advisories() if r.state.is_open]
+        every = self.store.list_advisories()
+        records = [r for r in every if r.state.is_open]
         for record in records:
             self._sync(record, now)
-        ready = await self._prepare(records, now)
+        # Closed advisories may still owe a withdrawal or an alert.
+        owing = records + [
+            r
+            for r in every
+            if not r.state.is_open and any(m.state in SENDABLE for m in self.store.messages(r.id))
+        ]
+        ready = await self._prepare(owing, now)
         await self._release(due(self.clock(), ready))
         for record in records:
             self._advance(record, self.clock())
@@ -265,7 +273,11 @@ class Dispatcher:
             if not todo:
                 continue
             draft = None
-            if any(m.kind in (MessageKind.NOTICE, MessageKind.DISCLOSURE) for m in todo):
+            if any(
+                m.kind is MessageKind.DISCLOSURE
+                or (m.kind is MessageKind.NOTICE and m.purpose is MessagePurpose.ORIGINAL)
+                for m in todo
+            ):
                 try:
                     draft = await loop.run_in_executor(self.pool, self.composer.open, record)
                 except GpgError as exc:
@@ -292,12 +304,24 @@ class Dispatcher:
         self, record: AdvisoryRecord, m: MessageRecord, draft: Draft | None, now: datetime
     ) -> bytes:
         """Runs in a worker thread."""
-        if m.kind is MessageKind.NOTICE:
+        calendar = self.composer.calendar
+        org = self.orgs.get(m.org or "")
+        org_name = org.name if org else m.org or ""
+        if m.kind is MessageKind.NOTICE and m.purpose is MessagePurpose.ORIGINAL:
             assert draft is not None
-            org = self.orgs.get(m.org or "")
-            return self.composer.notice(record, m, draft, org.name if org else m.org or "", now)
+            return self.composer.notice(record, m, draft, org_name, now)
+        if m.kind is MessageKind.NOTICE:
+            text = (
+                mailtext.notice_update(record.meta, record.plan, calendar, org_name=org_name)
+                if m.purpose is MessagePurpose.UPDATE
+                else mailtext.withdrawal(record.meta, org_name=org_name)
+            )
+            return self.composer.encrypted(m, text, [], now, now)
         if m.kind is MessageKind.PREANNOUNCEMENT:
-            text = mailtext.preannouncement(record.meta, record.plan, self.composer.calendar)
+            if m.purpose is MessagePurpose.UPDATE:
+                text = mailtext.revised_preannouncement(record.meta, record.plan, calendar)
+                return self.composer.public(m, text, now)
+            text = mailtext.preannouncement(record.meta, record.plan, calendar)
             return self.composer.public(m, text, record.plan.preannounce_at or now)
         if m.kind is MessageKind.DISCLOSURE:
             assert draft is not None
@@ -324,7 +348,8 @@ class Dispatcher:
         when = due_time(record, m)
         if when is None or when > now:
             return
-        if m.kind in EMBARGOED_MAIL and now >= record.plan.disclose_at:
+        withdrawal = m.purpose is MessagePurpose.WITHDRAWAL
+        if m.kind in EMBARGOED_MAIL and now >= record.plan.disclose_at and not withdrawal:
             return  # too late to matter; marked failed when the advisory is disclosed
         if m.kind is MessageKind.NOTICE and (problem := self._key_problem(m.fingerprint, now)):
             self.store.update_messages([replace(m, state=MessageState.BLOCKED, detail=problem)])

@@ -19,6 +19,7 @@ from maild.domain.models import (
     AdvisoryRecord,
     AdvisoryState,
     MessageKind,
+    MessagePurpose,
     MessageRecord,
     MessageState,
     NewEvent,
@@ -106,8 +107,14 @@ class Desk:
         new = replace(
             record, state=AdvisoryState.CANCELLED, updated_at=now, version=record.version + 1
         )
-        event = NewEvent(now, "cancelled", actor, advisory_id, {"was": record.state.value})
-        self.store.update_advisory(new, event, cancel_pending="advisory cancelled")
+        withdrawals = self._follow_ups(record, MessagePurpose.WITHDRAWAL)
+        data = {"was": record.state.value, "withdrawals": len(withdrawals)}
+        self.store.update_advisory(
+            new,
+            NewEvent(now, "cancelled", actor, advisory_id, data),
+            cancel_pending="advisory cancelled",
+            add_messages=withdrawals,
+        )
         return new
 
     def reschedule(
@@ -130,11 +137,15 @@ class Desk:
             )
         new = replace(record, meta=meta, plan=schedule, updated_at=now, version=record.version + 1)
         has_notices = any(m.kind is MessageKind.NOTICE for m in self.store.messages(advisory_id))
-        rows = []
+        rows = self._follow_ups(record, MessagePurpose.UPDATE)
         if schedule.has_notice and not has_notices and record.state is AdvisoryState.SCHEDULED:
             recipients = self.orgs.recipients(meta.extra_recipients)
             rows = notice_rows(new, recipients, self.key_problem, self.mail_domain)
-        data = {"from": record.plan.disclose_at.isoformat(), **_plan_data(schedule)}
+        data = {
+            "from": record.plan.disclose_at.isoformat(),
+            **_plan_data(schedule),
+            "updates": sum(1 for m in rows if m.purpose is MessagePurpose.UPDATE),
+        }
         self.store.update_advisory(
             new,
             NewEvent(now, "rescheduled", actor, advisory_id, data),
@@ -200,6 +211,33 @@ class Desk:
                 schedule, preannounce_at=None, reason=f"{schedule.reason}; no pre-announcement"
             )
         return schedule
+
+    def _follow_ups(self, record: AdvisoryRecord, purpose: MessagePurpose) -> list[MessageRecord]:
+        """After the notices went out, a change is told to whoever got them:
+        an encrypted update or withdrawal to each notified address, and (for
+        an update) a revised public pre-announcement."""
+        kinds = (MessageKind.NOTICE,) if purpose is MessagePurpose.WITHDRAWAL else EMBARGOED_MAIL
+        out = []
+        for m in self.store.messages(record.id):
+            if (
+                m.purpose is MessagePurpose.ORIGINAL
+                and m.kind in kinds
+                and (m.state is MessageState.ACCEPTED)
+            ):
+                token = uuid.uuid4().hex
+                out.append(
+                    MessageRecord(
+                        advisory_id=record.id,
+                        kind=m.kind,
+                        address=m.address,
+                        message_id=f"<{token}@{self.mail_domain}>",
+                        envid=token,
+                        org=m.org,
+                        fingerprint=m.fingerprint,
+                        purpose=purpose,
+                    )
+                )
+        return out
 
     def _next_id(self, now: datetime) -> str:
         prefix = f"WG-{now.year}-"

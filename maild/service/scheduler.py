@@ -11,8 +11,10 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
 from maild.domain.models import (
+    ADVISORY_MAIL,
     AdvisoryRecord,
     MessageKind,
+    MessagePurpose,
     MessageRecord,
     MessageState,
 )
@@ -26,6 +28,8 @@ Item = tuple[AdvisoryRecord, MessageRecord]
 
 def release_time(record: AdvisoryRecord, message: MessageRecord) -> datetime | None:
     """The instant the policy allows this message out (None: never)."""
+    if message.purpose is not MessagePurpose.ORIGINAL:
+        return IMMEDIATELY  # updates and withdrawals follow a change made now
     plan = record.plan
     if message.kind is MessageKind.NOTICE:
         return plan.notify_at
@@ -40,8 +44,8 @@ def due_time(record: AdvisoryRecord, message: MessageRecord) -> datetime | None:
     """When this message should next be tried, or None if it should not be."""
     if message.state not in SENDABLE:
         return None
-    public_or_notice = (MessageKind.NOTICE, MessageKind.PREANNOUNCEMENT, MessageKind.DISCLOSURE)
-    if message.kind in public_or_notice and not record.state.is_open:
+    withdrawal = message.purpose is MessagePurpose.WITHDRAWAL
+    if message.kind in ADVISORY_MAIL and not record.state.is_open and not withdrawal:
         return None
     base = release_time(record, message)
     if base is None:

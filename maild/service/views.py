@@ -108,6 +108,7 @@ def receipt_json(m: MessageRecord, clock: Clock) -> dict[str, Any]:
         "dsn": m.dsn,
         "acked_at": clock.iso(m.acked_at),
         "possible_duplicate": m.possible_duplicate,
+        "purpose": m.purpose.value,
     }
 
 
@@ -119,7 +120,9 @@ def receipts_text(messages: Sequence[MessageRecord], clock: Clock) -> str:
         reply = f"{m.smtp_code} {m.smtp_response or ''}".strip() if m.smtp_code else "-"
         rows.append(
             (
-                m.kind.value + (" (possible duplicate)" if m.possible_duplicate else ""),
+                m.kind.value
+                + (f" ({m.purpose.value})" if m.purpose.value != "original" else "")
+                + (" (possible duplicate)" if m.possible_duplicate else ""),
                 m.org or "-",
                 m.address,
                 m.state.value,
