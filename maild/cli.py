@@ -156,9 +156,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
 def cmd_queue(args: argparse.Namespace) -> int:
     setup = setup_for(args, "queue", *CORE)
     with setup:
-        records = setup.store.list_advisories()
+        queue = [(r, setup.store.messages(r.id)) for r in setup.store.list_advisories()]
         clock = views.Clock(setup.config.calendar)
-        emit(args, views.queue_json(records, clock), views.queue_text(records, clock))
+        emit(args, views.queue_json(queue, clock), views.queue_text(queue, clock))
     return 0
 
 

@@ -43,9 +43,11 @@ def test_submit_queues_with_plan_and_recipients(cli: CLI, world: World) -> None:
     assert sorted(r["org"] for r in doc["recipients"]) == ["good", "good2"]
     assert {r["state"] for r in doc["recipients"]} == {"queued"}
     queue = cli("--config", str(world.config), "queue", "--json").json()
-    assert [(q["id"], q["state"], q["next_action"]) for q in queue] == [
-        (doc["id"], "scheduled", "send notices")
+    assert [(q["id"], q["state"], q["next_action"], q["notices"]) for q in queue] == [
+        (doc["id"], "scheduled", "send notices", {"queued": 2})
     ]
+    text = cli("--config", str(world.config), "queue").out
+    assert "2 queued" in text and "send notices at" in text
 
 
 def test_ids_are_assigned_in_sequence_and_duplicates_refused(cli: CLI, world: World) -> None:

@@ -341,12 +341,12 @@ def test_reschedule_after_notices_sends_updates_and_a_revised_preannouncement(
         == 0
     )
     harness.tick()
-    original, update = harness.received("sec@good.example")
+    _, update = harness.received("sec@good.example")
     plain, signer = decrypt_as(harness, "good", armored_part(update))
     assert signer == harness.world.identity
     assert b"EMBARGO UPDATE" in plain and b"2030-03-19 17:00" in plain
     assert parse(update)["Subject"] == "Embargoed security notice"
-    pre, revised = harness.received("announce@lists.example")
+    _, revised = harness.received("announce@lists.example")
     assert b"Revised: Security release planned for 2030-03-19 17:00" in revised
     assert b"frobnicator" not in revised
     updates = [m for m in harness.messages(adv) if m.purpose.value == "update"]

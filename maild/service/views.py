@@ -8,7 +8,13 @@ from typing import Any
 
 from maild.domain.audit import ChainCheck
 from maild.domain.businessdays import BusinessCalendar
-from maild.domain.models import AdvisoryRecord, Event, MessageRecord
+from maild.domain.models import (
+    AdvisoryRecord,
+    Event,
+    MessageKind,
+    MessagePurpose,
+    MessageRecord,
+)
 from maild.domain.orgs import Org
 from maild.domain.policy import Plan
 
@@ -55,9 +61,21 @@ def plan_text(plan: Plan, clock: Clock) -> str:
     return "\n".join(f"{k:<17} {v}" for k, v in rows)
 
 
-def queue_json(records: Sequence[AdvisoryRecord], clock: Clock) -> list[dict[str, Any]]:
+Queue = Sequence[tuple[AdvisoryRecord, Sequence[MessageRecord]]]
+
+
+def notice_states(messages: Sequence[MessageRecord]) -> dict[str, int]:
+    """How many of the advisory's notices are in each state."""
+    counts: dict[str, int] = {}
+    for m in messages:
+        if m.kind is MessageKind.NOTICE and m.purpose is MessagePurpose.ORIGINAL:
+            counts[m.state.value] = counts.get(m.state.value, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def queue_json(queue: Queue, clock: Clock) -> list[dict[str, Any]]:
     out = []
-    for r in records:
+    for r, messages in queue:
         what, when = r.next_action()
         out.append(
             {
@@ -68,17 +86,19 @@ def queue_json(records: Sequence[AdvisoryRecord], clock: Clock) -> list[dict[str
                 "notify_at": clock.iso(r.plan.notify_at),
                 "next_action": what,
                 "next_at": clock.iso(when),
+                "notices": notice_states(messages),
             }
         )
     return out
 
 
-def queue_text(records: Sequence[AdvisoryRecord], clock: Clock) -> str:
-    if not records:
+def queue_text(queue: Queue, clock: Clock) -> str:
+    if not queue:
         return "queue is empty"
-    rows = [("ID", "TITLE", "STATE", "DISCLOSE", "NOTIFY", "NEXT")]
-    for r in records:
+    rows = [("ID", "TITLE", "STATE", "DISCLOSE", "NOTIFY", "NOTICES", "NEXT")]
+    for r, messages in queue:
         what, when = r.next_action()
+        states = ", ".join(f"{n} {state}" for state, n in notice_states(messages).items())
         rows.append(
             (
                 r.id,
@@ -86,6 +106,7 @@ def queue_text(records: Sequence[AdvisoryRecord], clock: Clock) -> str:
                 r.state.value,
                 _short(clock, r.plan.disclose_at),
                 _short(clock, r.plan.notify_at),
+                states or "-",
                 what + (f" at {_short(clock, when)}" if when else ""),
             )
         )
