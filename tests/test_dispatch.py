@@ -368,3 +368,19 @@ def test_cancel_after_notices_sends_an_encrypted_withdrawal(harness: Harness, cl
     assert len(harness.received("announce@lists.example")) == 1  # the pre-announcement only
     disclosure = [m for m in harness.messages(adv) if m.kind is MessageKind.DISCLOSURE]
     assert {m.state for m in disclosure} == {MessageState.CANCELLED}
+
+
+def test_stopping_starts_no_new_transaction(harness: Harness) -> None:
+    """Once maild is told to stop, due messages stay queued for the next
+    start instead of being sent."""
+    harness.tick()
+    harness.clock.now = NOTICE
+    harness.dispatcher.stopping = lambda: True
+    harness.tick()
+    assert harness.sink.sink.received == []
+    adv = the_id(harness)
+    notices = [m for m in harness.messages(adv) if m.kind is MessageKind.NOTICE]
+    assert {m.state for m in notices} == {MessageState.QUEUED}
+    harness.dispatcher.stopping = lambda: False
+    harness.tick()
+    assert len(harness.received("sec@good.example")) == 1

@@ -99,6 +99,7 @@ def build(setup: Setup, clock: Callable[[], datetime], pool: ThreadPoolExecutor)
 async def serve(dispatcher: Dispatcher, stop: asyncio.Event) -> None:
     """Tick, then sleep until the next due time, a CLI change, or `stop`."""
     store, clock = dispatcher.store, dispatcher.clock
+    dispatcher.stopping = stop.is_set
     dispatcher.recover()
     log.info("started")
     while not stop.is_set():

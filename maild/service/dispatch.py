@@ -74,6 +74,7 @@ class Dispatcher:
     clock: Callable[[], datetime]
     pool: Executor
     connections: int = 4
+    stopping: Callable[[], bool] = lambda: False  # SIGTERM: start no new transaction
 
     # -- the loop's one entry point ----------------------------------------------
     def recover(self) -> int:
@@ -344,6 +345,8 @@ class Dispatcher:
         await asyncio.gather(*(one(r, m) for r, m in items))
 
     async def _send(self, record: AdvisoryRecord, m: MessageRecord) -> None:
+        if self.stopping():
+            return  # left queued; sent when maild starts again
         now = self.clock()  # the wall clock right before the send: never early
         when = due_time(record, m)
         if when is None or when > now:
