@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, replace
@@ -35,7 +34,7 @@ from maild.domain.models import (
 )
 from maild.domain.orgs import OrgList
 from maild.service.compose import Composer, Draft
-from maild.service.embargo import notice_rows
+from maild.service.embargo import fresh_message, notice_rows
 from maild.service.ports import Store
 from maild.service.scheduler import SENDABLE, backoff, due, due_time, next_due
 
@@ -236,14 +235,7 @@ class Dispatcher:
             self.store.add_messages(record.id, rows)
 
     def _new(self, record: AdvisoryRecord, kind: MessageKind, address: str) -> MessageRecord:
-        token = uuid.uuid4().hex
-        return MessageRecord(
-            advisory_id=record.id,
-            kind=kind,
-            address=address,
-            message_id=f"<{token}@{self.mail_domain}>",
-            envid=token,
-        )
+        return fresh_message(record.id, kind, address, self.mail_domain)
 
     # -- preparing ------------------------------------------------------------------
     def _ready(

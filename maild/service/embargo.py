@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import Any
 
 from maild.domain.advisory import parse_advisory
 from maild.domain.businessdays import BusinessCalendar
@@ -222,16 +223,14 @@ class Desk:
             if (
                 m.purpose is MessagePurpose.ORIGINAL
                 and m.kind in kinds
-                and (m.state is MessageState.ACCEPTED)
+                and m.state is MessageState.ACCEPTED
             ):
-                token = uuid.uuid4().hex
                 out.append(
-                    MessageRecord(
-                        advisory_id=record.id,
-                        kind=m.kind,
-                        address=m.address,
-                        message_id=f"<{token}@{self.mail_domain}>",
-                        envid=token,
+                    fresh_message(
+                        record.id,
+                        m.kind,
+                        m.address,
+                        self.mail_domain,
                         org=m.org,
                         fingerprint=m.fingerprint,
                         purpose=purpose,
@@ -249,6 +248,21 @@ class Desk:
         return f"{prefix}{max(used, default=0) + 1:03d}"
 
 
+def fresh_message(
+    advisory_id: str, kind: MessageKind, address: str, mail_domain: str, **fields: Any
+) -> MessageRecord:
+    """A new queued message with its own Message-ID and DSN ENVID."""
+    token = uuid.uuid4().hex
+    return MessageRecord(
+        advisory_id=advisory_id,
+        kind=kind,
+        address=address,
+        message_id=f"<{token}@{mail_domain}>",
+        envid=token,
+        **fields,
+    )
+
+
 def notice_rows(
     record: AdvisoryRecord,
     recipients: Sequence[Org],
@@ -261,14 +275,12 @@ def notice_rows(
     for org in recipients:
         for address in org.addresses:
             problem = key_problem(address.key)
-            token = uuid.uuid4().hex
             out.append(
-                MessageRecord(
-                    advisory_id=record.id,
-                    kind=MessageKind.NOTICE,
-                    address=address.email,
-                    message_id=f"<{token}@{mail_domain}>",
-                    envid=token,
+                fresh_message(
+                    record.id,
+                    MessageKind.NOTICE,
+                    address.email,
+                    mail_domain,
                     state=MessageState.QUEUED if problem is None else MessageState.BLOCKED,
                     org=org.id,
                     fingerprint=address.key,
