@@ -1,0 +1,1 @@
+"""maild benchmarks (`make bench`); see bench/README.md."""

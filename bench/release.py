@@ -1,0 +1,474 @@
+"""Benchmarks 1 to 3 on one installation of N recipient addresses.
+
+1. release latency: the tick at the notice time (everything prepared by an earlier tick)
+   against (a) the floor, aiosmtplib sending the same stored bytes over as many
+   connections, and (b) signing and encrypting each copy at send time, one after another;
+2. preparation cost per recipient: the preparing tick against a loop of `gpg --encrypt
+   --sign` command lines on the same data and keys;
+3. lateness of the first send after the due instant: the real `serve()` loop on a real
+   clock, against the sink's round-trip time for one message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import cProfile
+import pstats
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+
+from bench.common import Marks, Report, Timer, median, ms, ratio
+from bench.world import CONNECTIONS, FakeClock, KeyPool, World
+from maild.adapters.sink import RunningSink, start_sink
+from maild.adapters.smtp_out import Envelope, Outcome, SendResult, Smarthost
+from maild.domain.models import AdvisoryRecord, MessageKind, MessageRecord, MessageState
+from maild.service.compose import Composer
+from maild.service.daemon import serve
+from maild.service.dispatch import Dispatcher
+from maild.service.scheduler import due_time
+
+DISCLOSE_A = datetime(2030, 3, 12, 17, tzinfo=UTC)  # a Tuesday: benchmarks 1 and 2
+# Benchmark 3's advisory: disclosed before A, so at its notice time nothing of A is due.
+DISCLOSE_B = datetime(2030, 2, 12, 17, tzinfo=UTC)
+LEAD = 2.0  # seconds between starting serve() and the due instant
+FLOOR_RUNS = 3
+RTT_RUNS = 7
+SERVE_LIMIT = 120.0  # seconds after the due instant before benchmark 3 gives up
+
+Item = tuple[AdvisoryRecord, MessageRecord]
+
+
+class _Captured(Exception):
+    def __init__(self, data: bytes) -> None:
+        super().__init__("captured")
+        self.data = data
+
+
+class _CapturingKeyring:
+    """Stands in for the Keyring inside a Composer: keeps the bytes that would be
+    signed and encrypted (the protected part of one notice), and stops there."""
+
+    def sign_encrypt(self, data: bytes, recipient: str, signer: str, now: datetime) -> bytes:
+        raise _Captured(data)
+
+
+def run(keys: KeyPool, n: int, report: Report, *, profile: bool = False) -> None:
+    loop = asyncio.new_event_loop()
+    running = loop.run_until_complete(start_sink())
+    try:
+        world = World.create(keys, n, running.port)
+        try:
+            print(f"  N={n}: installation in {world.root}, sink on 127.0.0.1:{running.port}")
+            advisory = world.submit(DISCLOSE_A, "a")
+            record = world.record(advisory)
+            assert record.plan.notify_at is not None
+            clock = FakeClock(record.plan.notify_at - timedelta(days=1))
+            dispatcher = world.open(clock)
+            _preparation(loop, world, dispatcher, record, clock, report)
+            _release(loop, world, running, dispatcher, record, clock, report, profile=profile)
+            _lateness(loop, world, running, dispatcher, report)
+        finally:
+            if world.dispatcher is not None:
+                loop.run_until_complete(world.dispatcher.smarthost.close())
+            world.close()
+    finally:
+        loop.run_until_complete(running.close())
+        loop.close()
+
+
+# -- 2. preparation -------------------------------------------------------------------
+
+
+def _preparation(
+    loop: asyncio.AbstractEventLoop,
+    world: World,
+    dispatcher: Dispatcher,
+    record: AdvisoryRecord,
+    clock: FakeClock,
+    report: Report,
+) -> None:
+    n = world.n
+    notices = world.messages(record.id, MessageKind.NOTICE)
+    assert len(notices) == n, f"{len(notices)} notices for {n} addresses"
+    jobs = _protected_parts(dispatcher, record, notices, clock.now)
+
+    print(f"  N={n}: baseline: {n} `gpg --encrypt --sign` command lines, one after another")
+    started = time.perf_counter()
+    for fingerprint, data in jobs:
+        _gpg_command_line(world, fingerprint, data)
+    baseline = time.perf_counter() - started
+
+    print(f"  N={n}: maild: the preparing tick (clock a day before the notice time)")
+    store = world.store_setup().store
+    gpg = Timer(dispatcher.composer.keyring, "sign_encrypt")
+    writes = Timer(store, "put_payload")
+    started = time.perf_counter()
+    try:
+        loop.run_until_complete(dispatcher.tick())
+    finally:
+        gpg.remove()
+        writes.remove()
+    prepared = time.perf_counter() - started
+    versions = world.store_setup().store.payload_versions(record.id)
+    count = len(world.messages(record.id))
+    assert len(versions) == count, f"{len(versions)} of {count} messages prepared"
+
+    per_maild, per_gpg = prepared / n, baseline / n
+    report.add("prepare", n, f"maild preparing tick ({count} messages)", ms(prepared))
+    report.add("prepare", n, "maild per recipient", ms(per_maild))
+    report.add("prepare", n, "gpg command line loop, per recipient", ms(per_gpg))
+    report.add(
+        "prepare",
+        n,
+        "ratio maild / gpg loop",
+        ratio(per_maild / per_gpg),
+        "target <= 1.2x",
+        per_maild / per_gpg <= 1.2,
+    )
+    report.add(
+        "prepare",
+        n,
+        "  maild Keyring.sign_encrypt, per call (in threads)",
+        ms(gpg.total / max(gpg.calls, 1)),
+    )
+    report.add(
+        "prepare",
+        n,
+        f"  maild store writes ({writes.calls} put_payload), in all",
+        ms(writes.total),
+    )
+
+
+def _protected_parts(
+    dispatcher: Dispatcher,
+    record: AdvisoryRecord,
+    notices: Sequence[MessageRecord],
+    now: datetime,
+) -> list[tuple[str, bytes]]:
+    """Each notice's protected part (what maild signs and encrypts), with its key."""
+    real = dispatcher.composer
+    capture = Composer(
+        _CapturingKeyring(),  # type: ignore[arg-type]
+        real.identity_address,
+        real.signing_key,
+        real.calendar,
+    )
+    draft = real.open(record)
+    jobs = []
+    for m in notices:
+        assert m.fingerprint is not None
+        org = dispatcher.orgs.get(m.org or "")
+        try:
+            capture.notice(record, m, draft, org.name if org else "", now)
+        except _Captured as got:
+            jobs.append((m.fingerprint, got.data))
+        else:
+            raise AssertionError("the composer did not sign and encrypt")
+    return jobs
+
+
+def _gpg_command_line(world: World, fingerprint: str, data: bytes) -> bytes:
+    done = subprocess.run(
+        [
+            "gpg",
+            "--homedir",
+            str(world.gnupg_home),
+            "--batch",
+            "--trust-model",
+            "always",
+            "--encrypt",
+            "--sign",
+            "--armor",
+            "-r",
+            fingerprint,
+            "--local-user",
+            world.identity + "!",
+        ],
+        input=data,
+        capture_output=True,
+        check=False,
+        timeout=60,
+    )
+    if done.returncode != 0 or not done.stdout.startswith(b"-----BEGIN PGP MESSAGE-----"):
+        raise RuntimeError(f"gpg failed: {done.stderr.decode(errors='replace').strip()}")
+    return done.stdout
+
+
+# -- 1. release -------------------------------------------------------------------------
+
+
+def _release(
+    loop: asyncio.AbstractEventLoop,
+    world: World,
+    running: RunningSink,
+    dispatcher: Dispatcher,
+    record: AdvisoryRecord,
+    clock: FakeClock,
+    report: Report,
+    *,
+    profile: bool,
+) -> None:
+    n = world.n
+    notify_at = record.plan.notify_at
+    assert notify_at is not None
+    store = world.store_setup().store
+    items = [
+        (record, m)
+        for m in world.messages(record.id)
+        if (t := due_time(record, m)) is not None and t <= notify_at
+    ]
+    stored = {}
+    for _, m in items:
+        payload = store.payload(m.message_id)
+        assert payload is not None
+        stored[m.message_id] = payload[1]
+    size = sum(len(b) for b in stored.values())
+    print(
+        f"  N={n}: {len(items)} messages due at the notice time "
+        f"({n} notices, {len(items) - n} pre-announcement), {size / 1e6:.1f} MB stored"
+    )
+    floors = [loop.run_until_complete(_floor(world, dispatcher, items, stored))]
+
+    print(f"  N={n}: maild: the tick at the notice time{' (profiled)' if profile else ''}")
+    sink = running.sink
+    before = len(sink.received)
+    clock.now = notify_at
+    profiler = cProfile.Profile() if profile else None
+    marks = Marks(dispatcher, "_release")
+    writes = Timer(store, "update_messages")
+    reads = Timer(store, "payload")
+    started_at = datetime.now(UTC)
+    started = time.perf_counter()
+    if profiler is not None:
+        profiler.enable()
+    try:
+        loop.run_until_complete(dispatcher.tick())
+    finally:
+        if profiler is not None:
+            profiler.disable()
+        for timer in (marks, writes, reads):
+            timer.remove()
+    released = time.perf_counter() - started
+    arrived = sink.received[before:]
+    now_stored = {m.message_id: m.state for m in world.messages(record.id)}
+    states = [now_stored[m.message_id] for _, m in items]
+    assert len(arrived) == len(items), f"{len(arrived)} of {len(items)} arrived"
+    assert all(s is MessageState.ACCEPTED for s in states), "not every message was accepted"
+    last_250 = (max(r.at for r in arrived) - started_at).total_seconds()
+    if profiler is not None:
+        _print_profile(profiler)
+
+    floors += [
+        loop.run_until_complete(_floor(world, dispatcher, items, stored))
+        for _ in range(FLOOR_RUNS - 1)
+    ]
+    floor = median(floors)
+
+    print(f"  N={n}: baseline (b): sign and encrypt each copy at send time, one after another")
+    resend = loop.run_until_complete(_at_send_time(world, dispatcher, record, items, notify_at))
+
+    label = f"maild release tick ({len(items)} messages)" + (", PROFILED" if profile else "")
+    report.add("release", n, label, ms(released))
+    report.add("release", n, "maild due instant -> last 250 at the sink", ms(last_250))
+    report.add("release", n, "  tick before sending (sync, scan)", ms(marks.entered - started))
+    report.add("release", n, "  sending (_release)", ms(marks.left - marks.entered))
+    report.add(
+        "release",
+        n,
+        f"    of which store writes ({writes.calls} fsync'd txns)",
+        ms(writes.total),
+    )
+    report.add("release", n, f"    of which payload reads ({reads.calls})", ms(reads.total))
+    report.add("release", n, "  tick after sending (advance)", ms(started + released - marks.left))
+    report.add(
+        "release",
+        n,
+        f"(a) floor: aiosmtplib, {CONNECTIONS} conns (median of {FLOOR_RUNS})",
+        ms(floor),
+    )
+    report.add("release", n, "(b) sign+encrypt at send time, sequential", ms(resend))
+    report.add(
+        "release",
+        n,
+        "ratio maild / floor",
+        ratio(released / floor),
+        "target <= 1.3x",
+        released / floor <= 1.3,
+    )
+    report.add(
+        "release",
+        n,
+        "ratio (b) / maild",
+        ratio(resend / released),
+        "target >= 5x",
+        resend / released >= 5,
+    )
+
+
+def _smarthost(world: World, dispatcher: Dispatcher) -> Smarthost:
+    """A new client for the same smarthost, configured as maild's own."""
+    config = world.store_setup().config
+    assert config.smtp is not None
+    return Smarthost(config.smtp, local_hostname=dispatcher.mail_domain)
+
+
+def _check(results: Sequence[SendResult]) -> None:
+    refused = [r for r in results if r.outcome is not Outcome.ACCEPTED]
+    assert not refused, f"the sink refused {len(refused)}: {refused[0].response}"
+
+
+async def _floor(
+    world: World, dispatcher: Dispatcher, items: Sequence[Item], stored: dict[str, bytes]
+) -> float:
+    """(a) The same stored bytes, over as many pooled connections, nothing else."""
+    smarthost = _smarthost(world, dispatcher)
+    sender = dispatcher.envelope_sender
+    started = time.perf_counter()
+    results = await asyncio.gather(
+        *(
+            smarthost.send(Envelope(sender, m.address, stored[m.message_id], envid=m.envid))
+            for _, m in items
+        )
+    )
+    elapsed = time.perf_counter() - started
+    await smarthost.close()
+    _check(results)
+    return elapsed
+
+
+async def _at_send_time(
+    world: World,
+    dispatcher: Dispatcher,
+    record: AdvisoryRecord,
+    items: Sequence[Item],
+    now: datetime,
+) -> float:
+    """(b) What list re-encrypters do: at the due instant, unseal the advisory, then for
+    each recipient in turn sign and encrypt its copy (the same code maild prepares
+    with) and send it."""
+    smarthost = _smarthost(world, dispatcher)
+    sender = dispatcher.envelope_sender
+    compose: Callable[..., bytes] = dispatcher._compose
+    results = []
+    started = time.perf_counter()
+    draft = dispatcher.composer.open(record)
+    for _, m in items:
+        data = compose(record, m, draft, now)
+        results.append(await smarthost.send(Envelope(sender, m.address, data, envid=m.envid)))
+    elapsed = time.perf_counter() - started
+    await smarthost.close()
+    _check(results)
+    return elapsed
+
+
+def _print_profile(profiler: cProfile.Profile) -> None:
+    print("    profile of the release tick, top 25 by own time:")
+    stats = pstats.Stats(profiler)
+    stats.sort_stats("tottime").print_stats(25)
+    print("    ... and maild's own functions by cumulative time (the sink shares the loop):")
+    stats.sort_stats("cumulative").print_stats(r"/maild/", 30)
+
+
+# -- 3. lateness ------------------------------------------------------------------------
+
+
+def _lateness(
+    loop: asyncio.AbstractEventLoop,
+    world: World,
+    running: RunningSink,
+    dispatcher: Dispatcher,
+    report: Report,
+) -> None:
+    n = world.n
+    advisory = world.submit(DISCLOSE_B, "b")
+    record = world.record(advisory)
+    notify_at = record.plan.notify_at
+    assert notify_at is not None
+    print(f"  N={n}: lateness: preparing a second advisory a day before its notice time")
+    world.open(FakeClock(notify_at - timedelta(days=1)))
+    loop.run_until_complete(dispatcher.tick())
+    expected = [
+        m
+        for m in world.messages(advisory)
+        if (t := due_time(record, m)) is not None and t <= notify_at
+    ]
+    versions = world.store_setup().store.payload_versions(advisory)
+    assert all(m.message_id in versions for m in expected), "not everything was prepared"
+    # Like a daemon that has been idle: no pooled connection is left open.
+    loop.run_until_complete(dispatcher.smarthost.close())
+
+    store = world.store_setup().store
+    sample = store.payload(expected[0].message_id)
+    assert sample is not None
+    rtts = [
+        loop.run_until_complete(_one_send(world, dispatcher, expected[0], sample[1]))
+        for _ in range(RTT_RUNS)
+    ]
+    rtt = median(rtts)
+
+    print(f"  N={n}: lateness: the real serve() loop on a real clock, due in {LEAD:g} s")
+    marks = Marks(dispatcher, "_release")
+    try:
+        first, last, early, due_perf = loop.run_until_complete(
+            _serve_until_sent(running, dispatcher, notify_at, len(expected))
+        )
+    finally:
+        marks.remove()
+    assert not early, f"{early} message(s) arrived BEFORE the due instant"
+    report.add(
+        "lateness", n, "first send after the due instant", ms(first), "target < 100 ms", first < 0.1
+    )
+    report.add(
+        "lateness", n, "  due instant -> sending starts (tick's scan)", ms(marks.entered - due_perf)
+    )
+    report.add("lateness", n, f"last of {len(expected)} after the due instant", ms(last))
+    report.add("lateness", n, f"baseline: one direct send (median of {RTT_RUNS})", ms(rtt))
+    report.add("lateness", n, "ratio first-send lateness / one direct send", ratio(first / rtt))
+
+
+async def _one_send(world: World, dispatcher: Dispatcher, m: MessageRecord, data: bytes) -> float:
+    """Round trip of one message sent directly: connect, EHLO, MAIL, RCPT, DATA, 250."""
+    smarthost = _smarthost(world, dispatcher)
+    started = time.perf_counter()
+    result = await smarthost.send(
+        Envelope(dispatcher.envelope_sender, m.address, data, envid=m.envid)
+    )
+    elapsed = time.perf_counter() - started
+    await smarthost.close()
+    _check([result])
+    return elapsed
+
+
+async def _serve_until_sent(
+    running: RunningSink, dispatcher: Dispatcher, notify_at: datetime, count: int
+) -> tuple[float, float, int, float]:
+    """Run serve() with a real clock shifted so `notify_at` falls LEAD seconds from now;
+    stop once `count` messages arrived. Returns (first, last) arrival after the due
+    instant in seconds, how many arrived before it, and the due instant on the
+    perf_counter clock."""
+    sink = running.sink
+    before = len(sink.received)
+    offset = notify_at - (datetime.now(UTC) + timedelta(seconds=LEAD))
+    due_real = notify_at - offset
+    due_perf = time.perf_counter() + (due_real - datetime.now(UTC)).total_seconds()
+    dispatcher.clock = lambda: datetime.now(UTC) + offset
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(dispatcher, stop))
+    limit = due_real + timedelta(seconds=SERVE_LIMIT)
+    while len(sink.received) - before < count and not task.done():
+        if datetime.now(UTC) > limit:
+            break
+        await asyncio.sleep(0.005)
+    stop.set()
+    await task
+    arrived = sink.received[before:]
+    assert len(arrived) >= count, f"only {len(arrived)} of {count} arrived in time"
+    at = sorted(r.at for r in arrived)
+    return (
+        (at[0] - due_real).total_seconds(),
+        (at[-1] - due_real).total_seconds(),
+        sum(1 for t in at if t < due_real),
+        due_perf,
+    )
