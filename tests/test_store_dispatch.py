@@ -130,3 +130,11 @@ def test_cancelling_by_kind_spares_the_disclosure_and_alerts(store: AnyStore) ->
     states = {m.kind: m.state for m in store.messages("RSA-2026-0001")}
     assert states[MessageKind.DISCLOSURE] is MessageState.CANCELLED
     assert states[MessageKind.ALERT] is MessageState.QUEUED
+
+
+def test_advisories_with_messages_in_a_state(store: AnyStore) -> None:
+    """The dispatcher finds closed advisories that still owe mail without
+    reading every message of every advisory."""
+    store.add_advisory(advisory(), [message("RSA-2026-0001", 1)], event())
+    assert store.advisories_with_messages_in([MessageState.QUEUED]) == {"RSA-2026-0001"}
+    assert store.advisories_with_messages_in([MessageState.ACCEPTED]) == set()

@@ -6,7 +6,9 @@ Rules this module keeps:
   checked against the fingerprint that was asked for;
 * gpg's own `valid`/`ok` flags are not trusted as authorisation: revocation and expiry are
   computed here from the --with-colons fields, against the `now` the caller passes in;
-* data goes to gpg as bytes, one gpg process per operation;
+* data goes to gpg as bytes, one gpg process per operation; key listings are cached per
+  `Keyring` (see its docstring), so in the steady state a check-then-act call such as
+  `sign_encrypt` runs exactly one gpg process;
 * signing and verifying run the gpg binary with a private --status-fd pipe, and every
   signature made is checked, from gpg's status lines, to come from exactly the key asked for;
 * `GpgError` messages are one line and never contain key material or plaintext.
@@ -209,6 +211,31 @@ def _assess(fingerprint: str, key: Mapping[str, Any], has_secret: bool, now: dat
     )
 
 
+def _encryption_key_ids(key: Mapping[str, Any]) -> frozenset[str]:
+    """Key ids of the encryption-capable (sub)keys of one python-gnupg list_keys entry."""
+    ids = set()
+    # Lower-case cap letters are the component's own capabilities (see _assess).
+    if "e" in str(key.get("cap") or ""):
+        ids.add(str(key.get("keyid") or "").upper())
+    subkey_info: Mapping[str, Mapping[str, Any]] = key.get("subkey_info") or {}
+    for keyid, info in subkey_info.items():
+        if "e" in str(info.get("cap") or ""):
+            ids.add(str(keyid).upper())
+    return frozenset(ids)
+
+
+@dataclass(frozen=True)
+class _Listing:
+    """What gpg listed for one present fingerprint: its public entry and secret presence.
+
+    Only raw listing data is kept; verdicts (expired, revoked...) are computed from it on
+    every call, against the `now` of that call.
+    """
+
+    key: Mapping[str, Any]
+    has_secret: bool
+
+
 def _absent(fingerprint: str) -> KeyHealth:
     return KeyHealth(
         fingerprint=fingerprint,
@@ -363,7 +390,21 @@ def _session_key_recipients(packets: bytes) -> list[str]:
 
 
 class Keyring:
-    """One gnupg home directory and the operations maild needs on it."""
+    """One gnupg home directory and the operations maild needs on it.
+
+    Key listings are cached: the first look at a fingerprint lists its public key (and
+    whether its secret key is present) with gpg, and later calls, from any thread, reuse
+    that listing, so `health`, `encrypt` and `sign_encrypt` run no listing process in the
+    steady state. The cache holds gpg's listing, never a verdict: expiry and revocation
+    are judged from it afresh against each call's `now`. A fingerprint gpg does not list
+    is not cached (it is looked up again next time).
+
+    Every change this Keyring makes to its keyring (import_key, import_folder, revoke,
+    generate) drops the whole cache. Changes made to the gnupg home by OTHER processes or
+    other Keyring objects (a `gpg --import` on the command line, a second daemon, the CLI)
+    are seen only after `refresh()`, or by a new Keyring. gpg itself still refuses to
+    encrypt to a key it knows to be revoked or expired, whatever the cache says.
+    """
 
     def __init__(self, home: Path, *, timeout: float = _GPG_TIMEOUT) -> None:
         if not timeout > 0:
@@ -381,6 +422,11 @@ class Keyring:
         except (OSError, ValueError) as exc:
             raise GpgError(f"cannot start gpg for {self._home}: {_one_line(str(exc))}") from exc
         self._gpg.encoding = "utf-8"
+        # Listing cache: fingerprint -> listing. `_generation` counts invalidations, so a
+        # listing started before one is never stored after it.
+        self._cache_lock = threading.Lock()
+        self._listings: dict[str, _Listing] = {}
+        self._generation = 0
 
     @property
     def home(self) -> Path:
@@ -454,7 +500,10 @@ class Keyring:
             raise GpgError("not ASCII-armored (export the key with gpg --armor --export)")
         if not kinds:
             raise GpgError("no OpenPGP key in it")
-        result = self._gpg.import_keys(data)
+        try:
+            result = self._gpg.import_keys(data)
+        finally:
+            self.refresh()
         if int(result.sec_read or 0) or int(result.sec_imported or 0):
             # The scan said public only, yet gpg read secret material. Never accept that
             # silently, and do not pretend it was kept out: say so.
@@ -469,6 +518,36 @@ class Keyring:
 
     # ------------------------------------------------------------------- health
 
+    def refresh(self) -> None:
+        """Forget every cached key listing; the next look at each key asks gpg again.
+
+        Call it when another process may have changed the gnupg home (e.g. on reload).
+        """
+        with self._cache_lock:
+            self._listings.clear()
+            self._generation += 1
+
+    def _listing(self, fpr: str) -> _Listing | None:
+        """The (cached) listing of the key whose primary fingerprint is exactly `fpr`.
+
+        None if gpg lists no such key. Safe from several threads: the gpg runs happen
+        outside the lock, and a listing begun before an invalidation is used by its own
+        call only, never stored.
+        """
+        with self._cache_lock:
+            cached = self._listings.get(fpr)
+            generation = self._generation
+        if cached is not None:
+            return cached
+        key = self._list_one(fpr, secret=False)
+        if key is None:
+            return None
+        listing = _Listing(key=key, has_secret=self._list_one(fpr, secret=True) is not None)
+        with self._cache_lock:
+            if self._generation == generation:
+                listing = self._listings.setdefault(fpr, listing)
+        return listing
+
     def _list_one(self, fpr: str, *, secret: bool) -> Mapping[str, Any] | None:
         """The listing entry whose primary fingerprint is exactly `fpr`, if any."""
         entries: Sequence[Mapping[str, Any]] = self._gpg.list_keys(secret=secret, keys=[fpr])
@@ -478,16 +557,22 @@ class Keyring:
         return matches[0] if matches else None
 
     def health(self, fingerprint: str, now: datetime) -> KeyHealth:
-        """Health of the key with exactly this full fingerprint, judged at `now`."""
+        """Health of the key with exactly this full fingerprint, judged at `now`.
+
+        Judged from the cached listing (see the class docstring), against this `now`.
+        """
+        return self._health(fingerprint, now)[0]
+
+    def _health(self, fingerprint: str, now: datetime) -> tuple[KeyHealth, _Listing | None]:
+        """Health at `now`, and the listing it was judged from (None: no such key)."""
         now = _require_aware(now, "now")
         fpr = _normalise_fpr(fingerprint)
         if fpr is None:
-            return _absent(fingerprint)
-        key = self._list_one(fpr, secret=False)
-        if key is None:
-            return _absent(fpr)
-        has_secret = self._list_one(fpr, secret=True) is not None
-        return _assess(fpr, key, has_secret, now)
+            return _absent(fingerprint), None
+        listing = self._listing(fpr)
+        if listing is None:
+            return _absent(fpr), None
+        return _assess(fpr, listing.key, listing.has_secret, now), listing
 
     # ------------------------------------------------------------ crypto proper
 
@@ -522,15 +607,16 @@ class Keyring:
     def sign_encrypt(self, data: bytes, recipient: str, signer: str, now: datetime) -> bytes:
         """ASCII-armored OpenPGP message signed by `signer` and encrypted to `recipient` only.
 
-        One gpg process makes the combined form of RFC 3156 section 6.2. Before anything is
-        returned, gpg's status must show exactly one SHA-256 signature made by the key
+        One gpg process makes the combined form of RFC 3156 section 6.2 (the recipient's
+        key is judged, and its encryption key ids taken, from the cached listing). Before
+        anything is returned, gpg's status must show exactly one SHA-256 signature made by the key
         `signer` itself, and the message must hold exactly one session key, for an
         encryption key of `recipient`; any other outcome is a GpgError.
         """
-        health = self.health(recipient, now)
+        health, listing = self._health(recipient, now)
         problem = health.problem()
-        if problem is not None:
-            raise GpgError(f"cannot encrypt to {health.fingerprint}: {problem}")
+        if problem is not None or listing is None:
+            raise GpgError(f"cannot encrypt to {health.fingerprint}: {problem or 'no key'}")
         fpr = health.fingerprint
         signer_fpr = self._signer(signer)
         outcome = self._gpg_io(
@@ -556,7 +642,8 @@ class Keyring:
             )
         self._check_signature_made(outcome, signer_fpr, kind="S")
         used = _session_key_recipients(_dearmor_message(outcome.output))
-        allowed = self._encryption_key_ids(fpr)
+        # The same listing the recipient was judged from: one snapshot for both checks.
+        allowed = _encryption_key_ids(listing.key)
         if len(used) != 1 or used[0] not in allowed:
             raise GpgError(
                 f"gpg encrypted to {len(used)} keys, not to exactly one encryption key of "
@@ -638,21 +725,6 @@ class Keyring:
         if fields[0] != kind or fields[2] != _SHA256:
             raise GpgError("gpg made another kind of signature than asked for; discarded")
 
-    def _encryption_key_ids(self, fpr: str) -> frozenset[str]:
-        """Key ids of the encryption-capable (sub)keys of the key `fpr`."""
-        key = self._list_one(fpr, secret=False)
-        if key is None:
-            return frozenset()
-        ids = set()
-        # Lower-case cap letters are the component's own capabilities (see _assess).
-        if "e" in str(key.get("cap") or ""):
-            ids.add(str(key.get("keyid") or "").upper())
-        subkey_info: Mapping[str, Mapping[str, Any]] = key.get("subkey_info") or {}
-        for keyid, info in subkey_info.items():
-            if "e" in str(info.get("cap") or ""):
-                ids.add(str(keyid).upper())
-        return frozenset(ids)
-
     def _gpg_io(self, args: Sequence[str], data: bytes) -> _Outcome:
         """One gpg process on this home: `data` on stdin, status lines on a private pipe.
 
@@ -714,7 +786,16 @@ class Keyring:
     # -------------------------------------------------------------- key making
 
     def _run_gpg(self, args: Sequence[str], *, created: datetime | None = None) -> str:
-        """Run the gpg binary on this home (batch, no passphrase); returns stdout text."""
+        """Run the gpg binary on this home (batch, no passphrase); returns stdout text.
+
+        For key making only: every run counts as a change and drops the listing cache.
+        """
+        try:
+            return self._run_gpg_uncached(args, created=created)
+        finally:
+            self.refresh()
+
+    def _run_gpg_uncached(self, args: Sequence[str], *, created: datetime | None) -> str:
         command = [
             "gpg",
             "--homedir",
@@ -785,7 +866,7 @@ class Keyring:
     def export_public(self, fingerprint: str) -> bytes:
         """ASCII-armored public key with exactly this fingerprint."""
         fpr = _normalise_fpr(fingerprint)
-        if fpr is None or self._list_one(fpr, secret=False) is None:
+        if fpr is None or self._listing(fpr) is None:
             raise GpgError(f"no public key {fingerprint[:40]} in this keyring")
         exported = self._gpg.export_keys([fpr], armor=True)
         data = exported.encode("ascii") if isinstance(exported, str) else bytes(exported)
@@ -808,11 +889,14 @@ class Keyring:
         cert = b"\n".join(
             line[1:] if line.startswith(b":-----BEGIN PGP") else line for line in raw.split(b"\n")
         )
-        result = self._gpg.import_keys(cert)
+        try:
+            result = self._gpg.import_keys(cert)
+        finally:
+            self.refresh()
         if result.returncode != 0:
             raise GpgError(f"gpg refused the revocation of {fpr}")
-        key = self._list_one(fpr, secret=False)
-        if key is None or str(key.get("trust")) != "r":
+        listing = self._listing(fpr)  # listed afresh: the import just dropped the cache
+        if listing is None or str(listing.key.get("trust")) != "r":
             raise GpgError(f"key {fpr} is still not revoked")
 
     def close(self) -> None:

@@ -142,6 +142,11 @@ class MemoryStore:
             raise unknown_message(message_id)
         self._payloads[message_id] = row
 
+    def advisories_with_messages_in(self, states: Sequence[MessageState]) -> set[str]:
+        self._check_open()
+        values = {MessageState(x).value for x in states}
+        return {m["advisory_id"] for m in self._messages if m["state"] in values}
+
     def payload(self, message_id: str) -> tuple[int, bytes] | None:
         self._check_open()
         row = self._payloads.get(message_id)

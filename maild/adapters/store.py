@@ -497,6 +497,12 @@ class SqliteStore:
                 row,
             )
 
+    def advisories_with_messages_in(self, states: Sequence[MessageState]) -> set[str]:
+        values = [MessageState(x).value for x in states]
+        marks = ", ".join("?" for _ in values)
+        sql = f"SELECT DISTINCT advisory_id FROM messages WHERE state IN ({marks})"
+        return {r["advisory_id"] for r in self._query(sql, values)}
+
     def payload(self, message_id: str) -> tuple[int, bytes] | None:
         sql = "SELECT advisory_version, data FROM payloads WHERE message_id = ?"
         rows = self._query(sql, (message_id,))

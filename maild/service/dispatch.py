@@ -11,7 +11,7 @@ import asyncio
 import hashlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Protocol
@@ -49,6 +49,37 @@ class Smarthost(Protocol):
     async def close(self) -> None: ...
 
 
+class Journal:
+    """Group commit for receipts: writes that arrive while one is being
+    committed share the next transaction, so a release of many messages costs
+    far fewer fsyncs. `write` returns only once its messages are committed."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._pending: list[tuple[list[MessageRecord], asyncio.Future[None]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def write(self, messages: Sequence[MessageRecord]) -> None:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        self._pending.append((list(messages), done))
+        if self._flusher is None:
+            self._flusher = loop.create_task(self._flush())
+        await done
+
+    async def _flush(self) -> None:
+        await asyncio.sleep(0)  # let the writes that are ready now join this batch
+        batch, self._pending, self._flusher = self._pending, [], None
+        try:
+            self.store.update_messages([m for messages, _ in batch for m in messages])
+        except Exception as exc:
+            for _, done in batch:
+                done.set_exception(exc)
+            return
+        for _, done in batch:
+            done.set_result(None)
+
+
 @dataclass(frozen=True)
 class Member:
     """A WG member alerts go to: the pinned key and the address in its user id."""
@@ -74,6 +105,10 @@ class Dispatcher:
     pool: Executor
     connections: int = 4
     stopping: Callable[[], bool] = lambda: False  # SIGTERM: start no new transaction
+    _journal: Journal = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._journal = Journal(self.store)
 
     # -- the loop's one entry point ----------------------------------------------
     def recover(self) -> int:
@@ -92,37 +127,60 @@ class Dispatcher:
 
     async def tick(self) -> datetime | None:
         """One pass: sync, prepare, release what is due, advance states.
-        Returns when something next becomes due (None: nothing waits)."""
+        Returns when something next becomes due (None: nothing waits).
+
+        Each advisory's messages are read once per phase and never all held
+        at once: memory stays flat however long the queue is."""
         now = self.clock()
-        every = self.store.list_advisories()
-        records = [r for r in every if r.state.is_open]
-        for record in records:
-            self._sync(record, now)
-        # Closed advisories may still owe a withdrawal or an alert.
-        owing = records + [
-            r
-            for r in every
-            if not r.state.is_open and any(m.state in SENDABLE for m in self.store.messages(r.id))
-        ]
-        ready = await self._prepare(owing, now)
-        await self._release(due(self.clock(), ready))
-        for record in records:
-            self._advance(record, self.clock())
-        return next_due(self._ready(self.store.list_advisories()))
+        owing = self.store.advisories_with_messages_in(SENDABLE)
+        due_now: list[tuple[AdvisoryRecord, MessageRecord]] = []
+        later: list[datetime] = []
+        advancing = []
+        for record in self.store.list_advisories():
+            if record.state.is_open:
+                messages = self._sync(record, now)
+                advancing.append(record)
+            elif record.id in owing:  # a closed advisory may owe a withdrawal or an alert
+                messages = self.store.messages(record.id)
+            else:
+                continue
+            ready = await self._prepare(record, messages, now)
+            release_at = self.clock()
+            items = [(record, m) for m in ready]
+            due_now += due(release_at, items)
+            waiting = [item for item in items if (t := due_time(*item)) and t > release_at]
+            if (t := next_due(waiting)) is not None:
+                later.append(t)
+        await self._release(due_now)
+        changed = {r.id for r, _ in due_now}
+        for record in advancing:
+            if self._advance(record, self.clock()):
+                changed.add(record.id)
+        for advisory_id in changed:  # what was sent or moved on may be due again
+            current = self.store.get_advisory(advisory_id)
+            if current is not None:
+                ready = self._ready(current, self.store.messages(advisory_id))
+                if (t := next_due([(current, m) for m in ready])) is not None:
+                    later.append(t)
+        return min(later, default=None)
 
     # -- rows ---------------------------------------------------------------------
-    def _sync(self, record: AdvisoryRecord, now: datetime) -> None:
-        """Messages match the orgs list, the keys and the announce list."""
+    def _sync(self, record: AdvisoryRecord, now: datetime) -> list[MessageRecord]:
+        """Messages match the orgs list, the keys and the announce list;
+        returns them as stored afterwards."""
         messages = self.store.messages(record.id)
+        changed = False
         if record.state is AdvisoryState.SCHEDULED and record.plan.notify_at is not None:
-            self._sync_notices(record, messages, now)
+            changed = self._sync_notices(record, messages, now)
+        if changed:
             messages = self.store.messages(record.id)
-        self._add_public(record, messages)
-        self._alert_blocked(record, self.store.messages(record.id), now)
+        changed = self._add_public(record, messages)
+        changed = self._alert_blocked(record, messages, now) or changed
+        return self.store.messages(record.id) if changed else messages
 
     def _sync_notices(
         self, record: AdvisoryRecord, messages: list[MessageRecord], now: datetime
-    ) -> None:
+    ) -> bool:
         wanted = {
             (org.id, a.email, a.key): org
             for org in self.orgs.recipients(record.meta.extra_recipients)
@@ -154,6 +212,8 @@ class Dispatcher:
         if changes:
             self.store.update_messages(changes)
         missing = [org for key, org in wanted.items() if key not in have]
+        if not missing:
+            return bool(changes)
         if missing:
             rows = notice_rows(
                 record,
@@ -163,8 +223,9 @@ class Dispatcher:
             )
             rows = [m for m in rows if (m.org, m.address, m.fingerprint) not in have]
             self.store.add_messages(record.id, rows)
+        return True
 
-    def _add_public(self, record: AdvisoryRecord, messages: list[MessageRecord]) -> None:
+    def _add_public(self, record: AdvisoryRecord, messages: list[MessageRecord]) -> bool:
         kinds = {m.kind for m in messages}
         rows = []
         if (
@@ -178,13 +239,15 @@ class Dispatcher:
             rows += [self._new(record, MessageKind.DISCLOSURE, a) for a in self.announce]
         if rows:
             self.store.add_messages(record.id, rows)
+        return bool(rows)
 
     def _alert_blocked(
         self, record: AdvisoryRecord, messages: list[MessageRecord], now: datetime
-    ) -> None:
+    ) -> bool:
+        added = False
         for m in messages:
             if m.kind is MessageKind.NOTICE and m.state is MessageState.BLOCKED:
-                self._alert(
+                added = self._alert(
                     record,
                     messages,
                     f"blocked:{m.message_id}:{m.detail}",
@@ -196,6 +259,7 @@ class Dispatcher:
                     ],
                     now,
                 )
+        return added
 
     def _alert(
         self,
@@ -205,8 +269,9 @@ class Dispatcher:
         what: str,
         details: list[str],
         now: datetime,
-    ) -> None:
-        """Queue one alert per member, once per `about` (ids are derived from it)."""
+    ) -> bool:
+        """Queue one alert per member, once per `about` (ids are derived from it);
+        True when any was added."""
         have = {m.envid for m in messages}
         rows = []
         for member in self.members:
@@ -233,65 +298,71 @@ class Dispatcher:
             log.warning("alert", advisory=record.id, what=what.split(" ")[0])
         if rows:
             self.store.add_messages(record.id, rows)
+        return bool(rows)
 
     def _new(self, record: AdvisoryRecord, kind: MessageKind, address: str) -> MessageRecord:
         return fresh_message(record.id, kind, address, self.mail_domain)
 
     # -- preparing ------------------------------------------------------------------
     def _ready(
-        self, records: Sequence[AdvisoryRecord]
-    ) -> list[tuple[AdvisoryRecord, MessageRecord]]:
+        self,
+        record: AdvisoryRecord,
+        messages: Sequence[MessageRecord],
+        versions: dict[str, int] | None = None,
+    ) -> list[MessageRecord]:
         """Sendable messages whose bytes are prepared from the current advisory."""
-        out = []
-        for record in records:
+        if versions is None:
             versions = self.store.payload_versions(record.id)
-            out += [
-                (record, m)
-                for m in self.store.messages(record.id)
-                if m.state in SENDABLE and versions.get(m.message_id) == record.version
-            ]
-        return out
+        return [
+            m
+            for m in messages
+            if m.state in SENDABLE and versions.get(m.message_id) == record.version
+        ]
 
     async def _prepare(
-        self, records: Sequence[AdvisoryRecord], now: datetime
-    ) -> list[tuple[AdvisoryRecord, MessageRecord]]:
+        self, record: AdvisoryRecord, messages: Sequence[MessageRecord], now: datetime
+    ) -> list[MessageRecord]:
+        """Build the bytes of every sendable message not yet prepared from this
+        version of the advisory (gpg in the pool); returns those ready to send."""
+        versions = self.store.payload_versions(record.id)
+        todo = [
+            m
+            for m in messages
+            if m.state in SENDABLE and versions.get(m.message_id) != record.version
+        ]
+        if todo:
+            await self._compose_all(record, todo, versions, now)
+        return self._ready(record, messages, versions)
+
+    async def _compose_all(
+        self,
+        record: AdvisoryRecord,
+        todo: Sequence[MessageRecord],
+        versions: dict[str, int],
+        now: datetime,
+    ) -> None:
         loop = asyncio.get_running_loop()
-        for record in records:
-            versions = self.store.payload_versions(record.id)
-            todo = [
-                m
-                for m in self.store.messages(record.id)
-                if m.state in SENDABLE and versions.get(m.message_id) != record.version
-            ]
-            if not todo:
-                continue
-            draft = None
-            if any(
-                m.kind is MessageKind.DISCLOSURE
-                or (m.kind is MessageKind.NOTICE and m.purpose is MessagePurpose.ORIGINAL)
-                for m in todo
-            ):
-                try:
-                    draft = await loop.run_in_executor(self.pool, self.composer.open, record)
-                except GpgError as exc:
-                    log.error("unseal-failed", advisory=record.id, error=str(exc))
-                    continue
-            jobs = [
-                loop.run_in_executor(self.pool, self._compose, record, m, draft, now) for m in todo
-            ]
-            for m, result in zip(
-                todo, await asyncio.gather(*jobs, return_exceptions=True), strict=True
-            ):
-                if isinstance(result, bytes):
-                    self.store.put_payload(m.message_id, record.version, result, self.clock())
-                else:
-                    log.error(
-                        "prepare-failed",
-                        advisory=record.id,
-                        message=m.message_id,
-                        error=str(result),
-                    )
-        return self._ready(records)
+        draft = None
+        if any(
+            m.kind is MessageKind.DISCLOSURE
+            or (m.kind is MessageKind.NOTICE and m.purpose is MessagePurpose.ORIGINAL)
+            for m in todo
+        ):
+            try:
+                draft = await loop.run_in_executor(self.pool, self.composer.open, record)
+            except GpgError as exc:
+                log.error("unseal-failed", advisory=record.id, error=str(exc))
+                return
+        jobs = [loop.run_in_executor(self.pool, self._compose, record, m, draft, now) for m in todo]
+        results = await asyncio.gather(*jobs, return_exceptions=True)
+        for m, result in zip(todo, results, strict=True):
+            if isinstance(result, bytes):
+                self.store.put_payload(m.message_id, record.version, result, self.clock())
+                versions[m.message_id] = record.version
+            else:
+                log.error(
+                    "prepare-failed", advisory=record.id, message=m.message_id, error=str(result)
+                )
 
     def _compose(
         self, record: AdvisoryRecord, m: MessageRecord, draft: Draft | None, now: datetime
@@ -353,12 +424,12 @@ class Dispatcher:
         if stored is None or stored[0] != record.version:
             return
         sending = replace(m, state=MessageState.SENDING, attempts=m.attempts + 1)
-        self.store.update_messages([sending])
+        await self._journal.write([sending])  # committed before the SMTP transaction
         result = await self.smarthost.send(
             Envelope(self.envelope_sender, m.address, stored[1], envid=m.envid)
         )
         done = self._outcome(record, sending, result)
-        self.store.update_messages([done])
+        await self._journal.write([done])
         log.info(
             "sent",
             advisory=record.id,
@@ -396,10 +467,15 @@ class Dispatcher:
         return replace(base, state=MessageState.DEFERRED, detail=r.response, next_attempt_at=retry)
 
     # -- advisory states --------------------------------------------------------------
-    def _advance(self, record: AdvisoryRecord, now: datetime) -> None:
+    def _advance(self, record: AdvisoryRecord, now: datetime) -> bool:
+        """Move an advisory to notified or disclosed once its mail went out;
+        True when it moved."""
+        notify_at = record.plan.notify_at
+        if now < record.plan.disclose_at and (notify_at is None or now < notify_at):
+            return False  # nothing can have changed yet: no need to read
         current = self.store.get_advisory(record.id)
         if current is None or not current.state.is_open:
-            return
+            return False
         messages = self.store.messages(record.id)
         if (
             current.state is AdvisoryState.SCHEDULED
@@ -416,7 +492,7 @@ class Dispatcher:
                 now,
                 _counts(messages, EMBARGOED_MAIL) | ({"blog": blog} if blog else {}),
             )
-            return
+            return True
         disclosures = [m for m in messages if m.kind is MessageKind.DISCLOSURE]
         if (
             now >= current.plan.disclose_at
@@ -437,6 +513,8 @@ class Dispatcher:
                 now,
                 _counts(messages, (MessageKind.DISCLOSURE,)),
             )
+            return True
+        return False
 
     def _transition(
         self,

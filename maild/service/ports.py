@@ -13,6 +13,7 @@ from maild.domain.models import (
     Event,
     MessageKind,
     MessageRecord,
+    MessageState,
     NewEvent,
 )
 
@@ -73,6 +74,10 @@ class Store(Protocol):
     ) -> None:
         """Store (or replace) a message's prepared bytes, made from that
         version of its advisory."""
+        ...
+
+    def advisories_with_messages_in(self, states: Sequence[MessageState]) -> set[str]:
+        """Ids of advisories that have a message in one of `states`."""
         ...
 
     def payload(self, message_id: str) -> tuple[int, bytes] | None:
