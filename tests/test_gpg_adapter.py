@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import shutil
 import stat
+import subprocess
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import gnupg
 import pytest
 
 from maild.adapters.gpg import GpgError, Keyring
@@ -377,3 +381,191 @@ def test_export_public_of_unknown_key_raises(fresh: Keyring) -> None:
     """Exporting a key the keyring does not hold is an error, not an empty export."""
     with pytest.raises(GpgError):
         fresh.export_public(MISSING)
+
+
+# ------------------------------------------------------------------- listing cache
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A daemon keyring (identity secret, org public keys) and each org's own keyring."""
+
+    daemon: Keyring
+    org_a: Keyring
+    org_b: Keyring
+    identity: str
+    a: str
+    b: str
+
+
+@pytest.fixture(scope="module")
+def pair() -> Iterator[Pair]:
+    with ExitStack() as stack:
+        daemon = stack.enter_context(temp_keyring())
+        org_a = stack.enter_context(temp_keyring())
+        org_b = stack.enter_context(temp_keyring())
+        identity = daemon.generate("WG <wg@example.org>")
+        a = org_a.generate("Org A <sec@a.example>")
+        b = org_b.generate("Org B <sec@b.example>")
+        daemon.import_key(org_a.export_public(a))
+        daemon.import_key(org_b.export_public(b))
+        for ring in (org_a, org_b):
+            ring.import_key(daemon.export_public(identity))
+        yield Pair(daemon, org_a, org_b, identity, a, b)
+
+
+@pytest.fixture()
+def gpg_runs(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """Argument lists of the gpg processes started while the test runs.
+
+    The adapter starts gpg through subprocess (its own runs) and through python-gnupg
+    (listings, imports), which holds its own reference to subprocess.Popen: both are
+    wrapped. gpgconf and the gpg-agent (started by gpg itself) are not counted.
+    """
+    runs: list[list[str]] = []
+    real_popen = subprocess.Popen
+
+    def counting_popen(args: Any, *rest: Any, **kwargs: Any) -> Any:
+        argv = [str(arg) for arg in args]
+        if Path(argv[0]).name == "gpg":
+            runs.append(argv)
+        return real_popen(args, *rest, **kwargs)
+
+    monkeypatch.setattr(subprocess, "Popen", counting_popen)
+    monkeypatch.setattr(gnupg, "Popen", counting_popen)
+    return runs
+
+
+def test_second_sign_encrypt_to_the_same_key_runs_one_gpg_process(
+    pair: Pair, gpg_runs: list[list[str]]
+) -> None:
+    """Once a key has been listed, sign_encrypt is one gpg run (the sign+encrypt itself),
+    and health() runs none; refresh() makes the next call list the key again."""
+    pair.daemon.refresh()
+    first = pair.daemon.sign_encrypt(b"first", pair.a, pair.identity, now())
+    assert len(gpg_runs) == 3  # public listing, secret listing, sign+encrypt
+    gpg_runs.clear()
+
+    second = pair.daemon.sign_encrypt(b"second", pair.a, pair.identity, now())
+    assert len(gpg_runs) == 1
+    assert "--sign" in gpg_runs[0] and "--encrypt" in gpg_runs[0]
+    assert pair.org_a.decrypt_verify(first) == (b"first", pair.identity)
+    assert pair.org_a.decrypt_verify(second) == (b"second", pair.identity)
+
+    gpg_runs.clear()
+    assert pair.daemon.health(pair.a, now()).problem() is None
+    assert gpg_runs == []
+    pair.daemon.detach_sign(b"data", pair.identity)
+    assert len(gpg_runs) == 1
+    gpg_runs.clear()
+    pair.daemon.encrypt(b"data", pair.a, now())
+    assert len(gpg_runs) == 1
+
+    gpg_runs.clear()
+    pair.daemon.refresh()
+    pair.daemon.sign_encrypt(b"third", pair.a, pair.identity, now())
+    assert len(gpg_runs) == 3
+
+
+def test_cached_listing_is_still_judged_against_the_now_passed_in(
+    world: World, gpg_runs: list[list[str]]
+) -> None:
+    """The cache holds the listing, not a verdict: from one cached listing, a 2-year key
+    reads usable now and expired three years on, without asking gpg again."""
+    world.sender.health(world.alice, now())  # listed (or already cached)
+    gpg_runs.clear()
+    later = now() + timedelta(days=3 * 366)
+    assert world.sender.health(world.alice, later).expired
+    assert world.sender.health(world.alice, now()).problem() is None
+    assert world.sender.health(world.alice, later).problem() is not None
+    assert gpg_runs == []
+
+
+def test_revoke_through_the_same_keyring_is_seen_at_once(fresh: Keyring) -> None:
+    """revoke() drops the cache: health reads revoked and sign_encrypt refuses, no refresh."""
+    signer = fresh.generate("Signer <signer@example.org>")
+    target = fresh.generate("Target <target@example.org>")
+    assert fresh.sign_encrypt(b"x", target, signer, now())  # listing of target cached
+    assert fresh.health(target, now()).problem() is None
+
+    fresh.revoke(target)
+
+    health = fresh.health(target, now())
+    assert health.revoked
+    assert health.problem() == "key is revoked"
+    with pytest.raises(GpgError, match="key is revoked"):
+        fresh.sign_encrypt(b"x", target, signer, now())
+    with pytest.raises(GpgError, match="key is revoked"):
+        fresh.encrypt(b"x", target, now())
+
+
+@pytest.mark.parametrize("how", ["import_key", "import_folder"])
+def test_an_import_through_the_same_keyring_is_seen_at_once(
+    fresh: Keyring, tmp_path: Path, how: str
+) -> None:
+    """Importing a key's revocation through this Keyring drops its cached listing."""
+    with temp_keyring() as factory:
+        target = factory.generate("Target <target@example.org>")
+        fresh.import_key(factory.export_public(target))
+        signer = fresh.generate("Signer <signer@example.org>")
+        assert fresh.sign_encrypt(b"x", target, signer, now())  # listing cached
+        factory.revoke(target)
+        revoked = factory.export_public(target)
+    if how == "import_key":
+        fresh.import_key(revoked)
+    else:
+        folder = tmp_path / "keys"
+        folder.mkdir()
+        (folder / "target.asc").write_bytes(revoked)
+        assert fresh.import_folder(folder).fingerprints == {target}
+    assert fresh.health(target, now()).problem() == "key is revoked"
+    with pytest.raises(GpgError, match="key is revoked"):
+        fresh.sign_encrypt(b"x", target, signer, now())
+
+
+def test_a_revocation_imported_by_another_keyring_is_seen_after_refresh(
+    fresh: Keyring,
+) -> None:
+    """Another Keyring object on the same home imports a revocation: this one sees it after
+    refresh(). Before that gpg itself refuses the revoked key, so nothing is sent anyway."""
+    with temp_keyring() as factory:
+        target = factory.generate("Target <target@example.org>")
+        fresh.import_key(factory.export_public(target))
+        signer = fresh.generate("Signer <signer@example.org>")
+        assert fresh.sign_encrypt(b"x", target, signer, now())  # listing cached
+        factory.revoke(target)
+        other = Keyring(fresh.home)
+        assert other.import_key(factory.export_public(target)) == (target,)
+    assert other.health(target, now()).revoked
+
+    with pytest.raises(GpgError):
+        fresh.sign_encrypt(b"x", target, signer, now())  # stale cache, but gpg refuses
+
+    fresh.refresh()
+    health = fresh.health(target, now())
+    assert health.revoked
+    assert health.problem() == "key is revoked"
+    with pytest.raises(GpgError, match="key is revoked"):
+        fresh.sign_encrypt(b"x", target, signer, now())
+
+
+def test_sign_encrypt_from_two_threads_shares_one_cache(
+    pair: Pair, gpg_runs: list[list[str]]
+) -> None:
+    """8 notices on a pool of two threads, starting from an empty cache: all succeed,
+    each decrypts for its own org and verifies as the identity, and each key is listed
+    at most once per thread."""
+    pair.daemon.refresh()
+    jobs = [(f"notice {n}".encode(), pair.a if n % 2 else pair.b) for n in range(8)]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        made = list(
+            pool.map(
+                lambda job: pair.daemon.sign_encrypt(job[0], job[1], pair.identity, now()), jobs
+            )
+        )
+    sign_runs = [argv for argv in gpg_runs if "--encrypt" in argv]
+    assert len(sign_runs) == 8
+    assert len(gpg_runs) - len(sign_runs) <= 2 * 2 * 2  # 2 keys, 2 listings, 2 threads
+    for (data, fpr), ciphertext in zip(jobs, made, strict=True):
+        ring = pair.org_a if fpr == pair.a else pair.org_b
+        assert ring.decrypt_verify(ciphertext) == (data, pair.identity)

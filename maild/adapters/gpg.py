@@ -403,7 +403,8 @@ class Keyring:
     generate) drops the whole cache. Changes made to the gnupg home by OTHER processes or
     other Keyring objects (a `gpg --import` on the command line, a second daemon, the CLI)
     are seen only after `refresh()`, or by a new Keyring. gpg itself still refuses to
-    encrypt to a key it knows to be revoked or expired, whatever the cache says.
+    encrypt to a key it knows to be revoked or expired (by the real clock), whatever
+    the cache says.
     """
 
     def __init__(self, home: Path, *, timeout: float = _GPG_TIMEOUT) -> None:
@@ -609,8 +610,8 @@ class Keyring:
 
         One gpg process makes the combined form of RFC 3156 section 6.2 (the recipient's
         key is judged, and its encryption key ids taken, from the cached listing). Before
-        anything is returned, gpg's status must show exactly one SHA-256 signature made by the key
-        `signer` itself, and the message must hold exactly one session key, for an
+        anything is returned, gpg's status must show exactly one SHA-256 signature made by
+        the key `signer` itself, and the message must hold exactly one session key, for an
         encryption key of `recipient`; any other outcome is a GpgError.
         """
         health, listing = self._health(recipient, now)
