@@ -71,7 +71,7 @@ def run(keys: KeyPool, n: int, report: Report, *, profile: bool = False) -> None
             _lateness(loop, world, running, dispatcher, report)
         finally:
             if world.dispatcher is not None:
-                loop.run_until_complete(world.dispatcher.smarthost.close())
+                loop.run_until_complete(world.dispatcher.aclose())
             world.close()
     finally:
         loop.run_until_complete(running.close())
@@ -397,7 +397,7 @@ def _lateness(
     versions = world.store_setup().store.payload_versions(advisory)
     assert all(m.message_id in versions for m in expected), "not everything was prepared"
     # Like a daemon that has been idle: no pooled connection is left open.
-    loop.run_until_complete(dispatcher.smarthost.close())
+    loop.run_until_complete(dispatcher.aclose())
 
     store = world.store_setup().store
     sample = store.payload(expected[0].message_id)

@@ -84,7 +84,7 @@ def harness(world: World, cli: CLI) -> Iterator[Harness]:
     try:
         yield Harness(world, clock, running, dispatcher, setup, loop)
     finally:
-        loop.run_until_complete(dispatcher.smarthost.close())
+        loop.run_until_complete(dispatcher.aclose())
         loop.run_until_complete(running.close())
         loop.close()
         pool.shutdown()

@@ -131,7 +131,7 @@ def run(setup: Setup, clock: Callable[[], datetime] = system_clock) -> int:
             try:
                 await serve(dispatcher, stop)
             finally:
-                await dispatcher.smarthost.close()
+                await dispatcher.aclose()
 
     with setup:
         asyncio.run(main())

@@ -146,7 +146,7 @@ def _dispatch(
             final = setup.store.get_advisory(ADVISORY_ID)
             print(f"    {ADVISORY_ID} is {final.state.value if final else '?'}")
         finally:
-            loop.run_until_complete(dispatcher.smarthost.close())
+            loop.run_until_complete(dispatcher.aclose())
     return True
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -49,13 +49,16 @@ class Smarthost(Protocol):
     async def close(self) -> None: ...
 
 
+Commit = Callable[[list[MessageRecord]], Awaitable[None]]
+
+
 class Journal:
     """Group commit for receipts: writes that arrive while one is being
     committed share the next transaction, so a release of many messages costs
     far fewer fsyncs. `write` returns only once its messages are committed."""
 
-    def __init__(self, store: Store) -> None:
-        self.store = store
+    def __init__(self, commit: Commit) -> None:
+        self._commit = commit
         self._pending: list[tuple[list[MessageRecord], asyncio.Future[None]]] = []
         self._flusher: asyncio.Task[None] | None = None
 
@@ -69,15 +72,28 @@ class Journal:
 
     async def _flush(self) -> None:
         await asyncio.sleep(0)  # let the writes that are ready now join this batch
-        batch, self._pending, self._flusher = self._pending, [], None
         try:
-            self.store.update_messages([m for messages, _ in batch for m in messages])
-        except Exception as exc:
-            for _, done in batch:
-                done.set_exception(exc)
-            return
-        for _, done in batch:
-            done.set_result(None)
+            while self._pending:  # writes made during a commit form the next batch
+                batch, self._pending = self._pending, []
+                try:
+                    await self._commit([m for messages, _ in batch for m in messages])
+                except Exception as exc:
+                    for _, done in batch:
+                        done.set_exception(exc)
+                    continue
+                for _, done in batch:
+                    done.set_result(None)
+        finally:
+            self._flusher = None
+
+
+def inline_commit(store: Store) -> Commit:
+    """Receipts committed on the loop's own thread (tests, small setups)."""
+
+    async def commit(messages: list[MessageRecord]) -> None:
+        store.update_messages(messages)
+
+    return commit
 
 
 @dataclass(frozen=True)
@@ -108,7 +124,11 @@ class Dispatcher:
     _journal: Journal = field(init=False)
 
     def __post_init__(self) -> None:
-        self._journal = Journal(self.store)
+        self._journal = Journal(inline_commit(self.store))
+
+    async def aclose(self) -> None:
+        """Close the smarthost connections."""
+        await self.smarthost.close()
 
     # -- the loop's one entry point ----------------------------------------------
     def recover(self) -> int:
