@@ -121,7 +121,8 @@ def armored_part(data: bytes) -> bytes:
 
 def test_notices_are_prepared_ahead_and_nothing_is_sent_early(harness: Harness) -> None:
     """A day before the notice time every notice is already encrypted and
-    stored, and the smarthost has received nothing."""
+    stored, the smarthost has received nothing, and the advisory's text is
+    nowhere in the database in clear (the disclosure is built at its time)."""
     next_at = harness.tick()
     adv = the_id(harness)
     notices = [m for m in harness.messages(adv) if m.kind is MessageKind.NOTICE]
@@ -129,6 +130,10 @@ def test_notices_are_prepared_ahead_and_nothing_is_sent_early(harness: Harness) 
     assert all(harness.setup.store.payload(m.message_id) for m in notices)
     assert harness.sink.sink.received == []
     assert next_at == NOTICE
+    stored = b"".join(p.read_bytes() for p in harness.world.database.parent.glob("maild.db*"))
+    assert b"SECRET-WORDS-42" not in stored  # the disclosure is not prepared ahead
+    (disclosure,) = [m for m in harness.messages(adv) if m.kind is MessageKind.DISCLOSURE]
+    assert harness.setup.store.payload(disclosure.message_id) is None
 
 
 def test_each_org_gets_its_own_encrypted_signed_notice(harness: Harness) -> None:

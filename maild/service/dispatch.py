@@ -348,7 +348,10 @@ class Dispatcher:
         todo = [
             m
             for m in messages
-            if m.state in SENDABLE and versions.get(m.message_id) != record.version
+            if m.state in SENDABLE
+            and versions.get(m.message_id) != record.version
+            # The disclosure is the advisory in clear: never at rest before its time.
+            and (m.kind is not MessageKind.DISCLOSURE or now >= record.plan.disclose_at)
         ]
         if todo:
             await self._compose_all(record, todo, versions, now)
