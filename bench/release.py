@@ -20,10 +20,11 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
 from bench.common import Marks, Report, Timer, median, ms, ratio
-from bench.world import CONNECTIONS, FakeClock, KeyPool, World
+from bench.world import CONNECTIONS, KeyPool, World
 from maild.adapters.sink import RunningSink, start_sink
 from maild.adapters.smtp_out import Envelope, Outcome, SendResult, Smarthost
 from maild.domain.models import AdvisoryRecord, MessageKind, MessageRecord, MessageState
+from maild.service.clock import ManualClock
 from maild.service.compose import Composer
 from maild.service.daemon import serve
 from maild.service.dispatch import Dispatcher
@@ -64,7 +65,7 @@ def run(keys: KeyPool, n: int, report: Report, *, profile: bool = False) -> None
             advisory = world.submit(DISCLOSE_A, "a")
             record = world.record(advisory)
             assert record.plan.notify_at is not None
-            clock = FakeClock(record.plan.notify_at - timedelta(days=1))
+            clock = ManualClock(record.plan.notify_at - timedelta(days=1))
             dispatcher = world.open(clock)
             _preparation(loop, world, dispatcher, record, clock, report)
             _release(loop, world, running, dispatcher, record, clock, report, profile=profile)
@@ -86,7 +87,7 @@ def _preparation(
     world: World,
     dispatcher: Dispatcher,
     record: AdvisoryRecord,
-    clock: FakeClock,
+    clock: ManualClock,
     report: Report,
 ) -> None:
     n = world.n
@@ -205,7 +206,7 @@ def _release(
     running: RunningSink,
     dispatcher: Dispatcher,
     record: AdvisoryRecord,
-    clock: FakeClock,
+    clock: ManualClock,
     report: Report,
     *,
     profile: bool,
@@ -387,7 +388,7 @@ def _lateness(
     notify_at = record.plan.notify_at
     assert notify_at is not None
     print(f"  N={n}: lateness: preparing a second advisory a day before its notice time")
-    world.open(FakeClock(notify_at - timedelta(days=1)))
+    world.open(ManualClock(notify_at - timedelta(days=1)))
     loop.run_until_complete(dispatcher.tick())
     expected = [
         m

@@ -45,16 +45,6 @@ def short_tmp(prefix: str = "mb-") -> Path:
 
 
 @dataclass
-class FakeClock:
-    """A clock the benchmark moves by hand (as the tests and the demo do)."""
-
-    now: datetime
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
-@dataclass
 class KeyPool:
     """Organisation and WG member keys, made once per run."""
 

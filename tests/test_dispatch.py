@@ -21,6 +21,7 @@ from maild import config as configuration
 from maild.adapters.gpg import GpgError, Keyring
 from maild.adapters.sink import RunningSink, start_sink
 from maild.domain.models import MessageKind, MessageState
+from maild.service.clock import ManualClock
 from maild.service.daemon import build
 from maild.service.dispatch import Dispatcher
 from maild.service.setup import Setup
@@ -30,19 +31,9 @@ from tests.world import World, org_entry
 
 
 @dataclass
-class FakeClock:
-    """A clock the test moves by hand."""
-
-    now: datetime
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
-@dataclass
 class Harness:
     world: World
-    clock: FakeClock
+    clock: ManualClock
     sink: RunningSink
     dispatcher: Dispatcher
     setup: Setup
@@ -77,7 +68,7 @@ def harness(world: World, cli: CLI) -> Iterator[Harness]:
     patch.write_bytes(b"--- a/lib.rs\n+++ b/lib.rs\n+PATCH-LINE\n")
     result = cli("--config", str(world.config), "submit", str(path), "--patch", str(patch))
     assert result.code == 0, result.err
-    clock = FakeClock(NOTICE - timedelta(days=1))
+    clock = ManualClock(NOTICE - timedelta(days=1))
     setup = Setup(configuration.load(world.config))
     pool = ThreadPoolExecutor(max_workers=2)
     dispatcher = build(setup, clock, pool)

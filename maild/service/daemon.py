@@ -14,7 +14,7 @@ import signal
 import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from email.utils import parseaddr
 from functools import cache
 
@@ -22,6 +22,7 @@ import structlog
 
 from maild.adapters.gpg import KeyHealth
 from maild.adapters.smtp_out import Smarthost
+from maild.service.clock import system_clock
 from maild.service.compose import Composer
 from maild.service.dispatch import Dispatcher, Member
 from maild.service.embargo import UserError
@@ -30,10 +31,6 @@ from maild.service.setup import Setup
 MAX_SLEEP = timedelta(seconds=30)
 POLL = 1.0  # seconds between checks for CLI changes
 log = structlog.get_logger("maild.daemon")
-
-
-def system_clock() -> datetime:
-    return datetime.now(UTC)
 
 
 def configure_logging() -> None:

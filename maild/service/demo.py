@@ -20,7 +20,6 @@ import re
 import shutil
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -30,6 +29,7 @@ import structlog
 from maild import config as configuration
 from maild.adapters.gpg import Keyring
 from maild.adapters.sink import RunningSink, start_sink
+from maild.service.clock import ManualClock
 from maild.service.daemon import build
 from maild.service.setup import Setup
 
@@ -41,16 +41,6 @@ ORGS = [
     ("stale-vendor", "Stale Vendor", "distributor", "expired"),
 ]
 STEPS = 10
-
-
-@dataclass
-class DemoClock:
-    """The demo's hand-moved clock (never used by `maild run`)."""
-
-    now: datetime
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 def run_demo(folder: Path | None = None, *, keep: bool = False) -> int:
@@ -112,7 +102,7 @@ def _dispatch(
         if record is None or record.plan.notify_at is None:
             print("the advisory has no notice time")
             return False
-        clock = DemoClock(datetime.now(UTC))
+        clock = ManualClock(datetime.now(UTC))
         dispatcher = build(setup, clock, pool)
         try:
             step(5, "the daemon prepares every message ahead of time (encrypted, signed)")
