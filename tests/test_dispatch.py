@@ -22,6 +22,7 @@ from maild.adapters.gpg import GpgError, Keyring
 from maild.adapters.sink import RunningSink, start_sink
 from maild.domain.models import MessageKind, MessageState
 from maild.service.clock import ManualClock
+from maild.service.compose import Composer
 from maild.service.daemon import build
 from maild.service.dispatch import Dispatcher
 from maild.service.setup import Setup
@@ -380,3 +381,72 @@ def test_stopping_starts_no_new_transaction(harness: Harness) -> None:
     harness.dispatcher.stopping = lambda: False
     harness.tick()
     assert len(harness.received("sec@good.example")) == 1
+
+
+def test_a_deferred_disclosure_is_retried_until_it_goes_out(harness: Harness) -> None:
+    """A 4xx on the disclosure keeps the advisory open and the disclosure is
+    retried; only once it is accepted is the advisory marked disclosed."""
+    harness.sink.sink.replies = lambda rcpt, n: (
+        "451 4.3.0 try later" if rcpt == "announce@lists.example" and n == 2 else None
+    )
+    adv = notified(harness)
+    harness.clock.now = DISCLOSURE
+    assert harness.tick() == DISCLOSURE + timedelta(minutes=1)
+    assert harness.advisory(adv).state.value == "notified"
+    harness.clock.now = DISCLOSURE + timedelta(minutes=1)
+    harness.tick()
+    assert harness.advisory(adv).state.value == "disclosed"
+    assert b"SECRET-WORDS-42" in harness.received("announce@lists.example")[-1]
+
+
+def test_the_daemon_wakes_for_the_disclosure_before_it_is_prepared(harness: Harness) -> None:
+    """Once notified, the next wake-up is the disclosure time, although the
+    disclosure is only built at that time."""
+    notified(harness)
+    assert harness.tick() == DISCLOSURE
+
+
+def test_a_message_that_cannot_be_prepared_never_makes_the_loop_spin(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If the advisory cannot be unsealed, nothing is sent and the next
+    wake-up is never in the past (the regular wake-up retries it)."""
+
+    def broken(self: Composer, record: object) -> object:
+        raise GpgError("decryption failed")
+
+    monkeypatch.setattr(Composer, "open", broken)
+    harness.clock.now = DISCLOSURE + timedelta(hours=1)
+    wake = harness.tick()
+    assert wake is None or wake > harness.clock.now
+    assert harness.sink.sink.received == []
+
+
+def test_a_cancel_during_the_release_stops_what_was_not_yet_sent(
+    harness: Harness, cli: CLI
+) -> None:
+    """`maild cancel` while notices are on the wire: the notice in flight
+    completes and its org gets a withdrawal; the notices and pre-announcement
+    not yet started are never sent and stay cancelled."""
+    adv = the_id(harness)
+    harness.dispatcher.connections = 1  # one transaction at a time: a clear order
+    cancelled: list[int] = []
+
+    def cancel_on_first(rcpt: str, n: int) -> None:
+        if not cancelled:
+            cancelled.append(cli("--config", str(harness.world.config), "cancel", adv).code)
+        return None
+
+    harness.sink.sink.replies = cancel_on_first
+    harness.tick()
+    harness.clock.now = NOTICE
+    harness.tick()
+    assert cancelled == [0]
+    first = harness.sink.sink.received[0].rcpt_tos[0]
+    harness.tick()
+    states = {(m.address, m.purpose.value): m.state for m in harness.messages(adv)}
+    assert states[(first, "original")] is MessageState.ACCEPTED
+    assert states[(first, "withdrawal")] is MessageState.ACCEPTED
+    others = [k for k in states if k[0] != first and k[1] == "original"]
+    assert others and all(states[k] is MessageState.CANCELLED for k in others)
+    assert [r.rcpt_tos[0] for r in harness.sink.sink.received] == [first, first]

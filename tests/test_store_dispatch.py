@@ -138,3 +138,25 @@ def test_advisories_with_messages_in_a_state(store: AnyStore) -> None:
     store.add_advisory(advisory(), [message("RSA-2026-0001", 1)], event())
     assert store.advisories_with_messages_in([MessageState.QUEUED]) == {"RSA-2026-0001"}
     assert store.advisories_with_messages_in([MessageState.ACCEPTED]) == set()
+
+
+def test_claims_lose_to_a_change_and_outcomes_only_land_on_sending(store: AnyStore) -> None:
+    """A message is claimed for sending only if it is still queued and its
+    advisory unchanged; an outcome only lands on a message still sending, so
+    a CLI change made meanwhile is never overwritten."""
+    record = advisory()
+    store.add_advisory(record, [message("RSA-2026-0001", 1), message("RSA-2026-0001", 2)], event())
+    first, second = store.messages("RSA-2026-0001")
+    sending = replace(first, state=MessageState.SENDING, attempts=1)
+    assert store.commit_receipts([], [(sending, record.version)]) == {first.message_id}
+    store.update_advisory(replace(record, version=2), event("cancelled"), cancel_pending="x")
+    late = replace(second, state=MessageState.SENDING, attempts=1)
+    assert store.commit_receipts([], [(late, record.version)]) == set()
+    done = replace(sending, state=MessageState.ACCEPTED, smtp_code=250)
+    stale = replace(second, state=MessageState.ACCEPTED)
+    store.commit_receipts([done, stale], [])
+    states = {m.message_id: m.state for m in store.messages("RSA-2026-0001")}
+    assert states == {
+        first.message_id: MessageState.ACCEPTED,
+        second.message_id: MessageState.CANCELLED,
+    }

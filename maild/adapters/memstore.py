@@ -142,6 +142,34 @@ class MemoryStore:
             raise unknown_message(message_id)
         self._payloads[message_id] = row
 
+    def commit_receipts(
+        self, outcomes: Sequence[MessageRecord], claims: Sequence[tuple[MessageRecord, int]]
+    ) -> set[str]:
+        self._check_open()
+        index = {m["message_id"]: i for i, m in enumerate(self._messages)}
+        updates: list[tuple[Row, int | None]] = [(message_to_row(m), None) for m in outcomes]
+        updates += [(message_to_row(m), version) for m, version in claims]
+        claimed: set[str] = set()
+        for row, version in updates:
+            i = index.get(row["message_id"])
+            if i is None:
+                continue
+            current = self._messages[i]
+            if version is None:
+                ok = current["state"] == MessageState.SENDING.value
+            else:
+                advisory = self._advisories.get(current["advisory_id"])
+                ok = (
+                    current["state"] in (MessageState.QUEUED.value, MessageState.DEFERRED.value)
+                    and advisory is not None
+                    and advisory["version"] == version
+                )
+                if ok:
+                    claimed.add(row["message_id"])
+            if ok:
+                self._messages[i] = {**current, **{c: row[c] for c in MUTABLE_MESSAGE_COLUMNS}}
+        return claimed
+
     def advisories_with_messages_in(self, states: Sequence[MessageState]) -> set[str]:
         self._check_open()
         values = {MessageState(x).value for x in states}

@@ -497,6 +497,30 @@ class SqliteStore:
                 row,
             )
 
+    def commit_receipts(
+        self, outcomes: Sequence[MessageRecord], claims: Sequence[tuple[MessageRecord, int]]
+    ) -> set[str]:
+        outcome_rows = [message_to_row(m) for m in outcomes]
+        claim_rows = [(message_to_row(m), version) for m, version in claims]
+        assignments = ", ".join(f"{c} = :{c}" for c in MUTABLE_MESSAGE_COLUMNS)
+        claimed: set[str] = set()
+        with _transaction(self._conn, self.path) as conn:
+            for row in outcome_rows:
+                conn.execute(
+                    f"UPDATE messages SET {assignments} "
+                    "WHERE message_id = :message_id AND state = 'sending'",
+                    row,
+                )
+            for row, version in claim_rows:
+                sql = (
+                    f"UPDATE messages SET {assignments} WHERE message_id = :message_id "
+                    "AND state IN ('queued', 'deferred') AND advisory_id IN "
+                    "(SELECT id FROM advisories WHERE version = :version)"
+                )
+                if conn.execute(sql, {**row, "version": version}).rowcount == 1:
+                    claimed.add(row["message_id"])
+        return claimed
+
     def advisories_with_messages_in(self, states: Sequence[MessageState]) -> set[str]:
         values = [MessageState(x).value for x in states]
         marks = ", ".join("?" for _ in values)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -36,7 +36,7 @@ from maild.domain.orgs import OrgList
 from maild.service.compose import Composer, Draft
 from maild.service.embargo import fresh_message, notice_rows
 from maild.service.ports import Store
-from maild.service.scheduler import SENDABLE, backoff, due, due_time, next_due
+from maild.service.scheduler import SENDABLE, backoff, due, due_time, next_wake
 
 log = structlog.get_logger("maild.dispatch")
 ACTOR = "daemon"
@@ -49,51 +49,59 @@ class Smarthost(Protocol):
     async def close(self) -> None: ...
 
 
-Commit = Callable[[list[MessageRecord]], Awaitable[None]]
-
-
 class Journal:
-    """Group commit for receipts: writes that arrive while one is being
-    committed share the next transaction, so a release of many messages costs
-    far fewer fsyncs. `write` returns only once its messages are committed."""
+    """Group commit for receipts. A release's writes that arrive together
+    share one transaction, so many messages cost far fewer fsyncs. Each call
+    returns only once its write is committed.
 
-    def __init__(self, commit: Commit) -> None:
-        self._commit = commit
-        self._pending: list[tuple[list[MessageRecord], asyncio.Future[None]]] = []
+    `claim` marks a message `sending` before its SMTP transaction, and takes
+    only if the message is still queued or deferred and its advisory has not
+    changed since it was read (a CLI change wins); `record` stores an outcome,
+    only onto a message that is still `sending`."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._claims: list[tuple[MessageRecord, int, asyncio.Future[bool]]] = []
+        self._outcomes: list[tuple[MessageRecord, asyncio.Future[bool]]] = []
         self._flusher: asyncio.Task[None] | None = None
 
-    async def write(self, messages: Sequence[MessageRecord]) -> None:
+    async def claim(self, message: MessageRecord, advisory_version: int) -> bool:
+        done = self._future()
+        self._claims.append((message, advisory_version, done))
+        return await done
+
+    async def record(self, message: MessageRecord) -> None:
+        done = self._future()
+        self._outcomes.append((message, done))
+        await done
+
+    def _future(self) -> asyncio.Future[bool]:
         loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
-        self._pending.append((list(messages), done))
         if self._flusher is None:
             self._flusher = loop.create_task(self._flush())
-        await done
+        return loop.create_future()
 
     async def _flush(self) -> None:
         await asyncio.sleep(0)  # let the writes that are ready now join this batch
         try:
-            while self._pending:  # writes made during a commit form the next batch
-                batch, self._pending = self._pending, []
+            while self._claims or self._outcomes:
+                claims, outcomes = self._claims, self._outcomes
+                self._claims, self._outcomes = [], []
+                futures = [f for _, _, f in claims] + [f for _, f in outcomes]
                 try:
-                    await self._commit([m for messages, _ in batch for m in messages])
+                    taken = self.store.commit_receipts(
+                        [m for m, _ in outcomes], [(m, v) for m, v, _ in claims]
+                    )
                 except Exception as exc:
-                    for _, done in batch:
-                        done.set_exception(exc)
+                    for f in futures:
+                        f.set_exception(exc)
                     continue
-                for _, done in batch:
-                    done.set_result(None)
+                for m, _, f in claims:
+                    f.set_result(m.message_id in taken)
+                for _, f in outcomes:
+                    f.set_result(True)
         finally:
             self._flusher = None
-
-
-def inline_commit(store: Store) -> Commit:
-    """Receipts committed on the loop's own thread (tests, small setups)."""
-
-    async def commit(messages: list[MessageRecord]) -> None:
-        store.update_messages(messages)
-
-    return commit
 
 
 @dataclass(frozen=True)
@@ -124,7 +132,7 @@ class Dispatcher:
     _journal: Journal = field(init=False)
 
     def __post_init__(self) -> None:
-        self._journal = Journal(inline_commit(self.store))
+        self._journal = Journal(self.store)
 
     async def aclose(self) -> None:
         """Close the smarthost connections."""
@@ -146,43 +154,42 @@ class Dispatcher:
         return len(stuck)
 
     async def tick(self) -> datetime | None:
-        """One pass: sync, prepare, release what is due, advance states.
-        Returns when something next becomes due (None: nothing waits).
-
-        Each advisory's messages are read once per phase and never all held
-        at once: memory stays flat however long the queue is."""
+        """One pass: release what is prepared and due (nothing else delays
+        it), prepare the rest and release what that made ready, advance the
+        advisories, and return the next future instant anything is due (None:
+        nothing waits). Each advisory is read a few times per pass, never the
+        whole queue at once, so memory stays flat however long it is."""
         now = self.clock()
-        owing = self.store.advisories_with_messages_in(SENDABLE)
-        due_now: list[tuple[AdvisoryRecord, MessageRecord]] = []
-        later: list[datetime] = []
-        advancing = []
+        due_now = []
+        for record, messages in self._work(now, sync=True):
+            due_now += due(self.clock(), [(record, m) for m in self._ready(record, messages)])
+        await self._release(due_now)
+        due_now = []
+        for record, messages in self._work(now, sync=False):
+            ready = await self._prepare(record, messages, now)
+            due_now += due(self.clock(), [(record, m) for m in ready])
+        await self._release(due_now)
         for record in self.store.list_advisories():
             if record.state.is_open:
-                messages = self._sync(record, now)
-                advancing.append(record)
-            elif record.id in owing:  # a closed advisory may owe a withdrawal or an alert
-                messages = self.store.messages(record.id)
-            else:
-                continue
-            ready = await self._prepare(record, messages, now)
-            release_at = self.clock()
-            items = [(record, m) for m in ready]
-            due_now += due(release_at, items)
-            waiting = [item for item in items if (t := due_time(*item)) and t > release_at]
-            if (t := next_due(waiting)) is not None:
-                later.append(t)
-        await self._release(due_now)
-        changed = {r.id for r, _ in due_now}
-        for record in advancing:
-            if self._advance(record, self.clock()):
-                changed.add(record.id)
-        for advisory_id in changed:  # what was sent or moved on may be due again
-            current = self.store.get_advisory(advisory_id)
-            if current is not None:
-                ready = self._ready(current, self.store.messages(advisory_id))
-                if (t := next_due([(current, m) for m in ready])) is not None:
-                    later.append(t)
-        return min(later, default=None)
+                self._advance(record, self.clock())
+        return self._next_wake(self.clock())
+
+    def _work(
+        self, now: datetime, *, sync: bool
+    ) -> Iterator[tuple[AdvisoryRecord, list[MessageRecord]]]:
+        """Open advisories, and closed ones that still owe mail, with their
+        messages (brought in line with the lists first when `sync`)."""
+        owing = self.store.advisories_with_messages_in(SENDABLE)
+        for record in self.store.list_advisories():
+            if record.state.is_open and sync:
+                yield record, self._sync(record, now)
+            elif record.state.is_open or record.id in owing:
+                yield record, self.store.messages(record.id)
+
+    def _next_wake(self, now: datetime) -> datetime | None:
+        """The earliest due time still ahead (see scheduler.next_wake)."""
+        items = ((r, m) for r, messages in self._work(now, sync=False) for m in messages)
+        return next_wake(now, items)
 
     # -- rows ---------------------------------------------------------------------
     def _sync(self, record: AdvisoryRecord, now: datetime) -> list[MessageRecord]:
@@ -195,7 +202,7 @@ class Dispatcher:
         if changed:
             messages = self.store.messages(record.id)
         changed = self._add_public(record, messages)
-        changed = self._alert_blocked(record, messages, now) or changed
+        changed = self._alert_problems(record, messages, now) or changed
         return self.store.messages(record.id) if changed else messages
 
     def _sync_notices(
@@ -234,15 +241,14 @@ class Dispatcher:
         missing = [org for key, org in wanted.items() if key not in have]
         if not missing:
             return bool(changes)
-        if missing:
-            rows = notice_rows(
-                record,
-                list(dict.fromkeys(missing)),
-                lambda fpr: self._key_problem(fpr, now),
-                self.mail_domain,
-            )
-            rows = [m for m in rows if (m.org, m.address, m.fingerprint) not in have]
-            self.store.add_messages(record.id, rows)
+        rows = notice_rows(
+            record,
+            list(dict.fromkeys(missing)),
+            lambda fpr: self._key_problem(fpr, now),
+            self.mail_domain,
+        )
+        rows = [m for m in rows if (m.org, m.address, m.fingerprint) not in have]
+        self.store.add_messages(record.id, rows)
         return True
 
     def _add_public(self, record: AdvisoryRecord, messages: list[MessageRecord]) -> bool:
@@ -261,24 +267,34 @@ class Dispatcher:
             self.store.add_messages(record.id, rows)
         return bool(rows)
 
-    def _alert_blocked(
-        self, record: AdvisoryRecord, messages: list[MessageRecord], now: datetime
+    def _alert_problems(
+        self, record: AdvisoryRecord, messages: Sequence[MessageRecord], now: datetime
     ) -> bool:
+        """Alert the WG once for every blocked or failed message (derived from
+        the stored states, so a crash cannot lose an alert)."""
         added = False
         for m in messages:
-            if m.kind is MessageKind.NOTICE and m.state is MessageState.BLOCKED:
-                added = self._alert(
+            if m.kind is MessageKind.ALERT or m.state not in (
+                MessageState.BLOCKED,
+                MessageState.FAILED,
+            ):
+                continue
+            label = m.kind.value if m.purpose is MessagePurpose.ORIGINAL else m.purpose.value
+            added = (
+                self._alert(
                     record,
                     messages,
-                    f"blocked:{m.message_id}:{m.detail}",
-                    f"notice to {m.org} <{m.address}> is blocked",
+                    f"{m.state.value}:{m.message_id}:{m.detail}",
+                    f"{label} to {m.org or 'the list'} <{m.address}> {m.state.value}",
                     [
                         f"Reason: {m.detail}",
-                        f"Pinned key: {m.fingerprint}",
-                        "Nothing was sent to this address. Fix the key, then reload maild.",
+                        f"Pinned key: {m.fingerprint or '-'}",
+                        "Nothing more will be sent for it until the cause is fixed.",
                     ],
                     now,
                 )
+                or added
+            )
         return added
 
     def _alert(
@@ -300,9 +316,11 @@ class Dispatcher:
             )
             if envid in have:
                 continue
-            problem = self._key_problem(member.fingerprint, now)
-            if member.address is None:
-                problem = "the member's key has no email address in its user id"
+            problem = (
+                "the member's key has no email address in its user id"
+                if member.address is None
+                else self._key_problem(member.fingerprint, now)
+            )
             rows.append(
                 MessageRecord(
                     advisory_id=record.id,
@@ -364,6 +382,8 @@ class Dispatcher:
         versions: dict[str, int],
         now: datetime,
     ) -> None:
+        if self.stopping():
+            return
         loop = asyncio.get_running_loop()
         draft = None
         if any(
@@ -429,6 +449,9 @@ class Dispatcher:
                 await self._send(record, m)
 
         await asyncio.gather(*(one(r, m) for r, m in items))
+        now = self.clock()
+        for record in {r.id: r for r, _ in items}.values():
+            self._alert_problems(record, self.store.messages(record.id), now)
 
     async def _send(self, record: AdvisoryRecord, m: MessageRecord) -> None:
         if self.stopping():
@@ -441,18 +464,20 @@ class Dispatcher:
         if m.kind in EMBARGOED_MAIL and now >= record.plan.disclose_at and not withdrawal:
             return  # too late to matter; marked failed when the advisory is disclosed
         if m.kind is MessageKind.NOTICE and (problem := self._key_problem(m.fingerprint, now)):
-            self.store.update_messages([replace(m, state=MessageState.BLOCKED, detail=problem)])
+            blocked = replace(m, state=MessageState.BLOCKED, detail=problem)
+            await self._journal.claim(blocked, record.version)
             return
         stored = self.store.payload(m.message_id)
         if stored is None or stored[0] != record.version:
             return
         sending = replace(m, state=MessageState.SENDING, attempts=m.attempts + 1)
-        await self._journal.write([sending])  # committed before the SMTP transaction
+        if not await self._journal.claim(sending, record.version):
+            return  # changed meanwhile (a CLI change wins): the next tick decides
         result = await self.smarthost.send(
             Envelope(self.envelope_sender, m.address, stored[1], envid=m.envid)
         )
         done = self._outcome(record, sending, result)
-        await self._journal.write([done])
+        await self._journal.record(done)
         log.info(
             "sent",
             advisory=record.id,
@@ -461,15 +486,6 @@ class Dispatcher:
             state=done.state.value,
             code=result.code,
         )
-        if done.state is MessageState.FAILED and m.kind is not MessageKind.ALERT:
-            self._alert(
-                record,
-                self.store.messages(record.id),
-                f"failed:{m.message_id}",
-                f"{m.kind.value} to {m.address} failed",
-                [f"Smarthost said: {done.detail}"],
-                self.clock(),
-            )
 
     def _outcome(self, record: AdvisoryRecord, m: MessageRecord, r: SendResult) -> MessageRecord:
         now = self.clock()
@@ -479,13 +495,14 @@ class Dispatcher:
                 base, state=MessageState.ACCEPTED, sent_at=now, detail=None, next_attempt_at=None
             )
         if r.outcome is Outcome.FAILED:
-            return replace(base, state=MessageState.FAILED, detail=r.response)
+            return replace(base, state=MessageState.FAILED, detail=r.response, next_attempt_at=None)
         retry = now + backoff(m.attempts)
         if m.kind in EMBARGOED_MAIL and retry >= record.plan.disclose_at:
             return replace(
                 base,
                 state=MessageState.FAILED,
                 detail=f"not delivered before disclosure: {r.response}",
+                next_attempt_at=None,
             )
         return replace(base, state=MessageState.DEFERRED, detail=r.response, next_attempt_at=retry)
 
@@ -520,7 +537,7 @@ class Dispatcher:
         if (
             now >= current.plan.disclose_at
             and disclosures
-            and not any(m.state in UNSENT for m in disclosures)
+            and not any(m.state in (*UNSENT, MessageState.DEFERRED) for m in disclosures)
         ):
             late = [
                 replace(m, state=MessageState.FAILED, detail="not delivered before disclosure")
@@ -529,6 +546,7 @@ class Dispatcher:
             ]
             if late:
                 self.store.update_messages(late)
+                self._alert_problems(current, self.store.messages(record.id), now)
             self._transition(
                 current,
                 AdvisoryState.DISCLOSED,

@@ -214,7 +214,8 @@ class Desk:
         return schedule
 
     def _follow_ups(self, record: AdvisoryRecord, purpose: MessagePurpose) -> list[MessageRecord]:
-        """After the notices went out, a change is told to whoever got them:
+        """After the notices went out, a change is told to whoever got them
+        (or may be getting them right now):
         an encrypted update or withdrawal to each notified address, and (for
         an update) a revised public pre-announcement."""
         kinds = (MessageKind.NOTICE,) if purpose is MessagePurpose.WITHDRAWAL else EMBARGOED_MAIL
@@ -223,7 +224,7 @@ class Desk:
             if (
                 m.purpose is MessagePurpose.ORIGINAL
                 and m.kind in kinds
-                and m.state is MessageState.ACCEPTED
+                and m.state in (MessageState.ACCEPTED, MessageState.SENDING)
             ):
                 out.append(
                     fresh_message(

@@ -76,6 +76,16 @@ class Store(Protocol):
         version of its advisory."""
         ...
 
+    def commit_receipts(
+        self, outcomes: Sequence[MessageRecord], claims: Sequence[tuple[MessageRecord, int]]
+    ) -> set[str]:
+        """One transaction for a release's receipts. Each outcome is written
+        only if its message is still `sending`; each claim (a message about to
+        go on the wire, with the advisory version it was planned from) only if
+        the message is still queued or deferred and the advisory unchanged.
+        Returns the ids of the claims that took: only those may be sent."""
+        ...
+
     def advisories_with_messages_in(self, states: Sequence[MessageState]) -> set[str]:
         """Ids of advisories that have a message in one of `states`."""
         ...

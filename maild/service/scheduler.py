@@ -1,6 +1,6 @@
 """When each message may go out, and what is due now (pure: time passed in).
 
-The dispatcher asks `due(now, ...)` and sleeps until `next_due(...)`; it
+The dispatcher asks `due(now, ...)` and sleeps until `next_wake(...)`; it
 checks the wall clock again right before each send, so a clock stepped back
 delays a send and never advances one.
 """
@@ -62,9 +62,11 @@ def due(now: datetime, items: Iterable[Item]) -> list[Item]:
     return sorted(ready, key=lambda item: order.get(item[1].kind, 2))
 
 
-def next_due(items: Iterable[Item]) -> datetime | None:
-    """The earliest time anything becomes due, or None when nothing waits."""
-    times = [t for r, m in items if (t := due_time(r, m)) is not None]
+def next_wake(now: datetime, items: Iterable[Item]) -> datetime | None:
+    """The earliest due time still ahead of `now` (None: nothing waits).
+    What is already due but was not sent is left to the regular wake-up, so
+    a message that cannot go yet never makes the loop spin."""
+    times = [t for r, m in items if (t := due_time(r, m)) is not None and t > now]
     return min(times, default=None)
 
 
