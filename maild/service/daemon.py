@@ -16,7 +16,6 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from email.utils import parseaddr
-from functools import cache
 
 import structlog
 
@@ -62,9 +61,9 @@ def build(setup: Setup, clock: Callable[[], datetime], pool: ThreadPoolExecutor)
     for finding in problems:
         log.warning("setup-problem", problem=finding.text)
 
-    @cache
     def health(fingerprint: str) -> KeyHealth:
-        return setup.keyring.health(fingerprint, now)
+        """Judged at the current time; the keyring caches the listings."""
+        return setup.keyring.health(fingerprint, clock())
 
     members = [Member(fpr, _address(health(fpr).uids)) for fpr in cfg.intake.members]
     password = None

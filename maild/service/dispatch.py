@@ -118,7 +118,7 @@ class Dispatcher:
     composer: Composer
     smarthost: Smarthost
     orgs: OrgList
-    key_health: Callable[[str], KeyHealth]  # cached per key; judged with `now` here
+    key_health: Callable[[str], KeyHealth]  # judged at the current time
     in_keys_folder: Callable[[str], bool]
     members: Sequence[Member]
     announce: Sequence[str]
