@@ -8,6 +8,7 @@ same rows, so both stores read back exactly the same records.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -394,7 +395,7 @@ class SqliteStore:
         path = Path(path)
         try:
             make_private_dirs(path.parent)
-            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+            _create_private(path)
         except OSError as exc:
             raise StoreError(f"{path}: cannot create the state database: {exc}") from exc
         try:
@@ -621,6 +622,17 @@ def _transaction(conn: sqlite3.Connection, path: Path) -> Iterator[sqlite3.Conne
             raise
     except sqlite3.Error as exc:
         raise StoreError(f"{path}: {exc}; nothing was written") from exc
+
+
+def _create_private(path: Path) -> None:
+    """Create the database file 0600 (its WAL and SHM files inherit that).
+
+    Only when it does not exist: closing any descriptor of an open SQLite file
+    drops every POSIX lock this process holds on it, so an existing database
+    must never be opened and closed behind SQLite's back (another connection
+    in this process would lose its locks)."""
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 def _configure(conn: sqlite3.Connection, path: Path) -> None:
