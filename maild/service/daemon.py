@@ -21,10 +21,9 @@ import structlog
 
 from maild.adapters.gpg import KeyHealth
 from maild.adapters.smtp_out import Smarthost
-from maild.adapters.store import SqliteStore
 from maild.service.clock import system_clock
 from maild.service.compose import Composer
-from maild.service.dispatch import Dispatcher, Member, ReceiptWriter
+from maild.service.dispatch import Dispatcher, Member
 from maild.service.embargo import UserError
 from maild.service.setup import Setup
 
@@ -74,8 +73,6 @@ def build(setup: Setup, clock: Callable[[], datetime], pool: ThreadPoolExecutor)
         except OSError as exc:
             raise UserError(f"[smtp] password_file: cannot read: {exc}") from None
     domain = cfg.identity.address.rpartition("@")[2]
-    assert cfg.daemon is not None
-    database = cfg.daemon.database
     return Dispatcher(
         store=setup.store,
         composer=Composer(
@@ -93,7 +90,6 @@ def build(setup: Setup, clock: Callable[[], datetime], pool: ThreadPoolExecutor)
         clock=clock,
         pool=pool,
         connections=cfg.smtp.connections,
-        receipts=ReceiptWriter(lambda: SqliteStore.open(database)),
     )
 
 

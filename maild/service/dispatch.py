@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from concurrent.futures import Executor, ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -49,51 +49,6 @@ class Smarthost(Protocol):
     async def close(self) -> None: ...
 
 
-Commit = Callable[[list[MessageRecord], list[tuple[MessageRecord, int]]], Awaitable[set[str]]]
-
-
-def inline_commit(store: Store) -> Commit:
-    """Receipts committed on the loop's own thread (tests, the demo)."""
-
-    async def commit(
-        outcomes: list[MessageRecord], claims: list[tuple[MessageRecord, int]]
-    ) -> set[str]:
-        return store.commit_receipts(outcomes, claims)
-
-    return commit
-
-
-class ReceiptWriter:
-    """Receipts committed by one dedicated thread on its own connection, so
-    the fsyncs overlap the SMTP traffic instead of stalling the loop."""
-
-    def __init__(self, open_store: Callable[[], Store]) -> None:
-        self._open = open_store
-        self._store: Store | None = None
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="receipts")
-
-    async def __call__(
-        self, outcomes: list[MessageRecord], claims: list[tuple[MessageRecord, int]]
-    ) -> set[str]:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._thread, self._write, outcomes, claims)
-
-    def _write(
-        self, outcomes: list[MessageRecord], claims: list[tuple[MessageRecord, int]]
-    ) -> set[str]:
-        if self._store is None:  # opened on the writer thread, used only there
-            self._store = self._open()
-        return self._store.commit_receipts(outcomes, claims)
-
-    def close(self) -> None:
-        def shut() -> None:
-            if self._store is not None:
-                self._store.close()
-
-        self._thread.submit(shut).result()
-        self._thread.shutdown()
-
-
 class Journal:
     """Group commit for receipts. A release's writes that arrive together
     share one transaction, so many messages cost far fewer fsyncs. Each call
@@ -104,8 +59,8 @@ class Journal:
     changed since it was read (a CLI change wins); `record` stores an outcome,
     only onto a message that is still `sending`."""
 
-    def __init__(self, commit: Commit) -> None:
-        self._commit = commit
+    def __init__(self, store: Store) -> None:
+        self.store = store
         self._claims: list[tuple[MessageRecord, int, asyncio.Future[bool]]] = []
         self._outcomes: list[tuple[MessageRecord, asyncio.Future[bool]]] = []
         self._flusher: asyncio.Task[None] | None = None
@@ -134,7 +89,7 @@ class Journal:
                 self._claims, self._outcomes = [], []
                 futures = [f for _, _, f in claims] + [f for _, f in outcomes]
                 try:
-                    taken = await self._commit(
+                    taken = self.store.commit_receipts(
                         [m for m, _ in outcomes], [(m, v) for m, v, _ in claims]
                     )
                 except Exception as exc:
@@ -174,17 +129,14 @@ class Dispatcher:
     pool: Executor
     connections: int = 4
     stopping: Callable[[], bool] = lambda: False  # SIGTERM: start no new transaction
-    receipts: ReceiptWriter | None = None  # None: commit receipts on the loop's thread
     _journal: Journal = field(init=False)
 
     def __post_init__(self) -> None:
-        self._journal = Journal(self.receipts or inline_commit(self.store))
+        self._journal = Journal(self.store)
 
     async def aclose(self) -> None:
-        """Close the smarthost connections and the receipt writer."""
+        """Close the smarthost connections."""
         await self.smarthost.close()
-        if self.receipts is not None:
-            self.receipts.close()
 
     # -- the loop's one entry point ----------------------------------------------
     def recover(self) -> int:
