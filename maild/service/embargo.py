@@ -195,9 +195,7 @@ class Desk:
 
     # -- helpers ------------------------------------------------------------
     def _open(self, advisory_id: str, verb: str) -> AdvisoryRecord:
-        record = self.store.get_advisory(advisory_id)
-        if record is None:
-            raise UserError(f"no advisory with id {advisory_id!r} (see 'maild queue')")
+        record = find(self.store, advisory_id)
         if not record.state.is_open:
             raise UserError(f"cannot {verb} {advisory_id}: it is {record.state.value}")
         return record
@@ -247,6 +245,14 @@ class Desk:
             if r.id.startswith(prefix) and r.id[len(prefix) :].isdigit()
         ]
         return f"{prefix}{max(used, default=0) + 1:03d}"
+
+
+def find(store: Store, advisory_id: str) -> AdvisoryRecord:
+    """The stored advisory, or a UserError naming the unknown id."""
+    record = store.get_advisory(advisory_id)
+    if record is None:
+        raise UserError(f"no advisory with id {advisory_id!r} (see 'maild queue')")
+    return record
 
 
 def fresh_message(

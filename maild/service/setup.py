@@ -12,7 +12,7 @@ from maild.config import Config
 from maild.domain.models import AdvisoryRecord
 from maild.domain.orgs import OrgList, parse_orgs
 from maild.service.checks import Finding, check_identity, check_members, check_orgs
-from maild.service.embargo import Desk, UserError
+from maild.service.embargo import Desk, UserError, find
 
 
 class Setup:
@@ -97,10 +97,7 @@ class Setup:
             raise UserError(f"{self.config.path}: {found[0].text}")
 
     def get(self, advisory_id: str) -> AdvisoryRecord:
-        record = self.store.get_advisory(advisory_id)
-        if record is None:
-            raise UserError(f"no advisory with id {advisory_id!r} (see 'maild queue')")
-        return record
+        return find(self.store, advisory_id)
 
     def org_findings(self, now: datetime) -> list[Finding]:
         return check_orgs(
