@@ -10,12 +10,24 @@ from pathlib import Path
 
 import pytest
 
-from maild.adapters.store import MIGRATIONS, SqliteStore
+from maild.adapters.store import (
+    ADVISORY_COLUMNS,
+    MIGRATIONS,
+    SqliteStore,
+    _insert,
+    advisory_to_row,
+    message_to_row,
+)
 from maild.domain.models import MessageKind, MessageState
 from maild.service.ports import StoreError
 from tests.test_store import AnyStore, advisory, event, message
 
 AT = datetime(2026, 12, 1, 16, tzinfo=UTC)
+V1_MESSAGE_COLUMNS = (
+    "advisory_id", "kind", "address", "message_id", "envid", "state", "org", "fingerprint",
+    "detail", "attempts", "smtp_code", "smtp_response", "sent_at", "dsn", "acked_at",
+    "ack_token",
+)  # fmt: skip
 
 
 def test_receipt_fields_update_in_one_transaction(store: AnyStore) -> None:
@@ -77,27 +89,48 @@ def test_payloads_are_tied_to_the_advisory_version(store: AnyStore) -> None:
 
 
 def test_schema_1_database_is_upgraded_in_place(tmp_path: Path) -> None:
-    """A database written by the first release keeps its rows after the
+    """A database written by the first release (schema 1, made here from the
+    first migration alone) keeps its rows and its audit chain after the
     upgrade, and its messages read with the new fields at their defaults."""
     path = tmp_path / "maild.db"
-    store = SqliteStore.open(path)
-    store.add_advisory(advisory(), [message("RSA-2026-0001", 1)], event())
-    before = store.messages("RSA-2026-0001")
-    store.close()
-    conn = sqlite3.connect(path)
-    conn.executescript(
-        "ALTER TABLE messages DROP COLUMN purpose;"
-        "DROP TABLE payloads;"
-        "ALTER TABLE messages DROP COLUMN next_attempt_at;"
-        "ALTER TABLE messages DROP COLUMN possible_duplicate;"
-        "PRAGMA user_version = 1;"
-    )
+    record, sent = advisory(), message("RSA-2026-0001", 1)
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    conn.executescript(MIGRATIONS[0] + "PRAGMA user_version = 1;")
+    conn.execute(_insert("advisories", ADVISORY_COLUMNS), advisory_to_row(record))
+    v1_row = {k: v for k, v in message_to_row(sent).items() if k in V1_MESSAGE_COLUMNS}
+    conn.execute(_insert("messages", tuple(v1_row)), v1_row)
     conn.close()
     upgraded = SqliteStore.open(path)
-    assert upgraded.messages("RSA-2026-0001") == before
+    upgraded.append_event(event())
+    assert upgraded.messages("RSA-2026-0001") == [sent]
+    assert upgraded.get_advisory("RSA-2026-0001") == record
     assert upgraded.verify_history().intact
     with sqlite3.connect(path) as check:
         assert check.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+        assert check.execute("PRAGMA foreign_key_check").fetchall() == []
+    upgraded.close()
+
+
+def test_schema_3_database_upgrades_with_its_payloads_and_references(tmp_path: Path) -> None:
+    """Schema 4 rebuilds the advisories and messages tables: prepared
+    payloads (which reference messages) survive, and foreign keys hold."""
+    path = tmp_path / "maild.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.executescript("".join(MIGRATIONS[:3]) + "PRAGMA user_version = 3;")
+    record, sent = advisory(), message("RSA-2026-0001", 1)
+    conn.execute(_insert("advisories", ADVISORY_COLUMNS), advisory_to_row(record))
+    row = {k: v for k, v in message_to_row(sent).items() if k != "text"}
+    conn.execute(_insert("messages", tuple(row)), row)
+    conn.execute(
+        "INSERT INTO payloads VALUES (?, 1, ?, ?)", (sent.message_id, b"bytes", AT.isoformat())
+    )
+    conn.close()
+    upgraded = SqliteStore.open(path)
+    assert upgraded.messages("RSA-2026-0001") == [sent]
+    assert upgraded.payload(sent.message_id) == (1, b"bytes")
+    with pytest.raises(StoreError):
+        upgraded.add_messages("nope", [message("nope", 3)])
     upgraded.close()
 
 

@@ -8,7 +8,9 @@ change what is stored. A write checks everything before it changes anything.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import copy
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 
 from maild.adapters.store import (
@@ -24,12 +26,14 @@ from maild.adapters.store import (
     event_from_row,
     event_to_row,
     message_from_row,
+    message_matches,
     message_order,
     message_to_row,
     messages_to_rows,
     not_stored,
     payload_row,
     prepare_event,
+    signature_row,
     stale_version,
     unknown_message,
 )
@@ -54,6 +58,7 @@ class MemoryStore:
         self._messages: list[Row] = []
         self._events: list[Row] = []
         self._payloads: dict[str, Row] = {}
+        self._signatures: dict[str, Row] = {}
         self._closed = False
 
     def add_advisory(
@@ -111,13 +116,52 @@ class MemoryStore:
         self._events.append(event_row)
         return event_from_row(event_row)
 
-    def add_messages(self, advisory_id: str, messages: Sequence[MessageRecord]) -> None:
+    def add_messages(self, advisory_id: str | None, messages: Sequence[MessageRecord]) -> None:
         self._check_open()
         message_rows = messages_to_rows(advisory_id, messages)
-        if advisory_id not in self._advisories:
+        if advisory_id is not None and advisory_id not in self._advisories:
             raise not_stored(advisory_id)
         self._check_unique(message_rows)
         self._messages.extend(message_rows)
+
+    @contextmanager
+    def atomic(self) -> Iterator[None]:
+        """Every write inside the block is kept together, or none is."""
+        self._check_open()
+        saved = copy.copy(self.__dict__)
+        saved = {k: copy.copy(v) for k, v in saved.items()}
+        try:
+            yield
+        except BaseException:
+            self.__dict__.update(saved)
+            raise
+
+    def find_messages(
+        self,
+        *,
+        kinds: Sequence[MessageKind] = (),
+        states: Sequence[MessageState] = (),
+        envid: str | None = None,
+        message_id: str | None = None,
+        ack_token: str | None = None,
+    ) -> list[MessageRecord]:
+        self._check_open()
+        rows = [
+            m
+            for m in self._messages
+            if message_matches(m, kinds, states, envid, message_id, ack_token)
+        ]
+        return sorted((message_from_row(r) for r in rows), key=message_order)
+
+    def remember_signature(
+        self, sig_id: str, signer: str, signed_at: datetime, seen_at: datetime
+    ) -> bool:
+        self._check_open()
+        row = signature_row(sig_id, signer, signed_at, seen_at)
+        if sig_id in self._signatures:
+            return False
+        self._signatures[sig_id] = row
+        return True
 
     def update_messages(self, messages: Sequence[MessageRecord]) -> None:
         self._check_open()

@@ -132,6 +132,92 @@ MIGRATIONS: list[str] = [
     ALTER TABLE messages ADD COLUMN purpose TEXT NOT NULL DEFAULT 'original'
         CHECK (purpose IN ('original', 'update', 'withdrawal'));
     """,
+    # v4, mail intake: advisories may await a second member's approval; a reply
+    # may concern no advisory and carries its text until it is prepared; the
+    # signatures seen on members' mail (replay refusal). Tables are rebuilt as
+    # SQLite's "other kinds of table schema changes" recipe says (foreign keys
+    # off, checked before commit: see _migrate).
+    """
+    CREATE TABLE advisories_v4 (
+        id TEXT PRIMARY KEY,
+        title TEXT NOT NULL,
+        component TEXT NOT NULL,
+        cves TEXT NOT NULL,
+        extra_recipients TEXT NOT NULL,
+        preannounce TEXT NOT NULL CHECK (preannounce IN ('full', 'minimal', 'none')),
+        disclosure TEXT NOT NULL,
+        severity TEXT NOT NULL CHECK (severity IN ('low', 'medium', 'high', 'critical')),
+        exploited INTEGER NOT NULL CHECK (exploited IN (0, 1)),
+        toolchain_update INTEGER NOT NULL CHECK (toolchain_update IN (0, 1)),
+        category TEXT NOT NULL
+            CHECK (category IN ('toolchain', 'infrastructure', 'crate', 'other')),
+        notify_days INTEGER,
+        reporter_approval TEXT,
+        notify_not_before TEXT,
+        disclose_at TEXT NOT NULL,
+        notify_at TEXT,
+        preannounce_at TEXT,
+        business_days INTEGER,
+        reason TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN
+            ('awaiting-approval', 'scheduled', 'notified', 'disclosed', 'cancelled')),
+        sealed BLOB NOT NULL,
+        patch_names TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        version INTEGER NOT NULL CHECK (version >= 1)
+    );
+    INSERT INTO advisories_v4 SELECT * FROM advisories;
+    DROP TABLE advisories;
+    ALTER TABLE advisories_v4 RENAME TO advisories;
+    CREATE TABLE messages_v4 (
+        id INTEGER PRIMARY KEY,
+        advisory_id TEXT,
+        kind TEXT NOT NULL
+            CHECK (kind IN ('notice', 'preannouncement', 'disclosure', 'reply', 'alert')),
+        address TEXT NOT NULL,
+        message_id TEXT NOT NULL UNIQUE,
+        envid TEXT NOT NULL UNIQUE,
+        state TEXT NOT NULL CHECK (state IN
+            ('queued', 'sending', 'accepted', 'deferred', 'failed', 'blocked', 'cancelled')),
+        org TEXT,
+        fingerprint TEXT,
+        detail TEXT,
+        attempts INTEGER NOT NULL,
+        smtp_code INTEGER,
+        smtp_response TEXT,
+        sent_at TEXT,
+        dsn TEXT,
+        acked_at TEXT,
+        ack_token TEXT,
+        next_attempt_at TEXT,
+        possible_duplicate INTEGER NOT NULL DEFAULT 0 CHECK (possible_duplicate IN (0, 1)),
+        purpose TEXT NOT NULL DEFAULT 'original'
+            CHECK (purpose IN ('original', 'update', 'withdrawal')),
+        text TEXT,
+        FOREIGN KEY (advisory_id) REFERENCES advisories (id)
+    );
+    INSERT INTO messages_v4 (
+        id, advisory_id, kind, address, message_id, envid, state, org, fingerprint, detail,
+        attempts, smtp_code, smtp_response, sent_at, dsn, acked_at, ack_token,
+        next_attempt_at, possible_duplicate, purpose
+    ) SELECT
+        id, advisory_id, kind, address, message_id, envid, state, org, fingerprint, detail,
+        attempts, smtp_code, smtp_response, sent_at, dsn, acked_at, ack_token,
+        next_attempt_at, possible_duplicate, purpose
+    FROM messages;
+    DROP TABLE messages;
+    ALTER TABLE messages_v4 RENAME TO messages;
+    CREATE INDEX messages_advisory ON messages (advisory_id);
+    CREATE INDEX messages_token ON messages (ack_token);
+    CREATE INDEX messages_kind_state ON messages (kind, state);
+    CREATE TABLE signatures (
+        sig_id TEXT PRIMARY KEY,
+        signer TEXT NOT NULL,
+        signed_at TEXT NOT NULL,
+        seen_at TEXT NOT NULL
+    );
+    """,
 ]
 
 ADVISORY_COLUMNS = (
@@ -274,7 +360,7 @@ def advisory_from_row(row: Mapping[str, Any]) -> AdvisoryRecord:
         )
 
 
-def messages_to_rows(advisory_id: str, messages: Sequence[MessageRecord]) -> list[Row]:
+def messages_to_rows(advisory_id: str | None, messages: Sequence[MessageRecord]) -> list[Row]:
     """The rows of a new advisory's messages; each must belong to that advisory."""
     rows = []
     for m in messages:
@@ -373,6 +459,58 @@ def payload_row(message_id: str, advisory_version: int, data: bytes, at: datetim
         }
 
 
+def signature_row(sig_id: str, signer: str, signed_at: datetime, seen_at: datetime) -> Row:
+    if not sig_id:
+        raise StoreError("a signature id is needed; nothing was written")
+    return {
+        "sig_id": sig_id,
+        "signer": signer,
+        "signed_at": dt_to_text("signed_at", signed_at),
+        "seen_at": dt_to_text("seen_at", seen_at),
+    }
+
+
+def message_filter(
+    kinds: Sequence[MessageKind],
+    states: Sequence[MessageState],
+    envid: str | None,
+    message_id: str | None,
+    ack_token: str | None,
+) -> tuple[str, list[object]]:
+    """SQL WHERE clause (and parameters) for Store.find_messages."""
+    clauses, params = ["1"], list[object]()
+    for column, values in (
+        ("kind", [MessageKind(k).value for k in kinds]),
+        ("state", [MessageState(s).value for s in states]),
+    ):
+        if values:
+            clauses.append(f"{column} IN ({', '.join('?' for _ in values)})")
+            params += values
+    for column, value in (("envid", envid), ("message_id", message_id), ("ack_token", ack_token)):
+        if value is not None:
+            clauses.append(f"{column} = ?")
+            params.append(value)
+    return " AND ".join(clauses), params
+
+
+def message_matches(
+    row: Row,
+    kinds: Sequence[MessageKind],
+    states: Sequence[MessageState],
+    envid: str | None,
+    message_id: str | None,
+    ack_token: str | None,
+) -> bool:
+    """The in-memory twin of message_filter."""
+    return (
+        (not kinds or row["kind"] in {MessageKind(k).value for k in kinds})
+        and (not states or row["state"] in {MessageState(s).value for s in states})
+        and (envid is None or row["envid"] == envid)
+        and (message_id is None or row["message_id"] == message_id)
+        and (ack_token is None or row["ack_token"] == ack_token)
+    )
+
+
 def duplicate_message(column: str, value: object) -> StoreError:
     return StoreError(f"{column} {value!r} is already used by a message; nothing was written")
 
@@ -468,12 +606,42 @@ class SqliteStore:
         with _transaction(self._conn, self.path) as conn:
             return _append(conn, new)
 
-    def add_messages(self, advisory_id: str, messages: Sequence[MessageRecord]) -> None:
+    def add_messages(self, advisory_id: str | None, messages: Sequence[MessageRecord]) -> None:
         message_rows = messages_to_rows(advisory_id, messages)
         with _transaction(self._conn, self.path) as conn:
-            if not conn.execute("SELECT 1 FROM advisories WHERE id = ?", (advisory_id,)).fetchone():
+            sql = "SELECT 1 FROM advisories WHERE id = ?"
+            if advisory_id is not None and not conn.execute(sql, (advisory_id,)).fetchone():
                 raise not_stored(advisory_id)
             self._insert_messages(conn, message_rows)
+
+    @contextmanager
+    def atomic(self) -> Iterator[None]:
+        """Every write inside the block commits together, or none does."""
+        with _transaction(self._conn, self.path):
+            yield
+
+    def find_messages(
+        self,
+        *,
+        kinds: Sequence[MessageKind] = (),
+        states: Sequence[MessageState] = (),
+        envid: str | None = None,
+        message_id: str | None = None,
+        ack_token: str | None = None,
+    ) -> list[MessageRecord]:
+        where, params = message_filter(kinds, states, envid, message_id, ack_token)
+        rows = self._query(f"SELECT * FROM messages WHERE {where}", params)
+        return sorted((message_from_row(r) for r in rows), key=message_order)
+
+    def remember_signature(
+        self, sig_id: str, signer: str, signed_at: datetime, seen_at: datetime
+    ) -> bool:
+        row = signature_row(sig_id, signer, signed_at, seen_at)
+        with _transaction(self._conn, self.path) as conn:
+            if conn.execute("SELECT 1 FROM signatures WHERE sig_id = ?", (sig_id,)).fetchone():
+                return False
+            conn.execute(_insert("signatures", tuple(row)), row)
+            return True
 
     def update_messages(self, messages: Sequence[MessageRecord]) -> None:
         rows = [message_to_row(m) for m in messages]
@@ -612,6 +780,13 @@ def _transaction(conn: sqlite3.Connection, path: Path) -> Iterator[sqlite3.Conne
     """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception; SQLite errors
     become StoreError (and nothing was written)."""
     try:
+        joined = conn.in_transaction  # inside Store.atomic(): the outer block commits
+    except sqlite3.Error as exc:
+        raise StoreError(f"{path}: {exc}; nothing was written") from exc
+    if joined:
+        yield conn
+        return
+    try:
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
@@ -658,13 +833,27 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
             f"{path}: schema version {current} is newer than this maild understands "
             f"({known}); upgrade maild"
         )
-    for version in range(current, known):
-        with _transaction(conn, path):
-            if _user_version(conn) != version:
-                continue
-            for statement in _statements(MIGRATIONS[version]):
-                conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {version + 1}")
+    if current == known:
+        return
+    # Rebuilding a table drops and renames it: foreign keys are off meanwhile
+    # (a pragma that only takes effect outside a transaction) and every step is
+    # checked before its commit.
+    conn.execute("PRAGMA foreign_keys = OFF")
+    try:
+        for version in range(current, known):
+            with _transaction(conn, path):
+                if _user_version(conn) != version:
+                    continue
+                for statement in _statements(MIGRATIONS[version]):
+                    conn.execute(statement)
+                broken = conn.execute("PRAGMA foreign_key_check").fetchall()
+                if broken:
+                    raise sqlite3.IntegrityError(
+                        f"migration to schema {version + 1} broke {len(broken)} references"
+                    )
+                conn.execute(f"PRAGMA user_version = {version + 1}")
+    finally:
+        conn.execute("PRAGMA foreign_keys = ON")
 
 
 def _statements(script: str) -> Iterator[str]:

@@ -17,6 +17,7 @@ class Preannounce(StrEnum):
 
 
 class AdvisoryState(StrEnum):
+    AWAITING_APPROVAL = "awaiting-approval"  # submitted; a second member must approve
     SCHEDULED = "scheduled"  # accepted; notices not yet released
     NOTIFIED = "notified"  # notices released; disclosure pending
     DISCLOSED = "disclosed"
@@ -117,7 +118,7 @@ class AdvisoryRecord:
 class MessageRecord:
     """One message sent or held for an advisory: the receipt of DESIGN.md 6."""
 
-    advisory_id: str
+    advisory_id: str | None  # None: a reply to a member's mail about no advisory
     kind: MessageKind
     address: str
     message_id: str
@@ -136,6 +137,7 @@ class MessageRecord:
     next_attempt_at: datetime | None = None  # after a deferral: not before this
     possible_duplicate: bool = False  # resent after a crash mid-transaction
     purpose: MessagePurpose = MessagePurpose.ORIGINAL
+    text: str | None = None  # a reply's subject, a blank line, its body (never advisory text)
 
 
 @dataclass(frozen=True)

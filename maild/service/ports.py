@@ -4,6 +4,7 @@ in-memory twins implement them too, for unit tests."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Protocol
 
@@ -60,8 +61,33 @@ class Store(Protocol):
         """Record an event that changes nothing else (a refusal, a check)."""
         ...
 
-    def add_messages(self, advisory_id: str, messages: Sequence[MessageRecord]) -> None:
-        """Add messages (pre-announcements, disclosures, alerts) to an advisory."""
+    def add_messages(self, advisory_id: str | None, messages: Sequence[MessageRecord]) -> None:
+        """Add messages (pre-announcements, disclosures, alerts, replies) to an
+        advisory, or (None) replies that concern no advisory."""
+        ...
+
+    def atomic(self) -> AbstractContextManager[None]:
+        """A block whose writes all commit together when it ends, or none do
+        (when it raises). Writes inside it join it instead of committing."""
+        ...
+
+    def find_messages(
+        self,
+        *,
+        kinds: Sequence[MessageKind] = (),
+        states: Sequence[MessageState] = (),
+        envid: str | None = None,
+        message_id: str | None = None,
+        ack_token: str | None = None,
+    ) -> list[MessageRecord]:
+        """Messages of any advisory (or none) matching every filter given."""
+        ...
+
+    def remember_signature(
+        self, sig_id: str, signer: str, signed_at: datetime, seen_at: datetime
+    ) -> bool:
+        """Record a signature seen on a member's mail; False (and nothing
+        written) when it was seen before: the mail is a replay."""
         ...
 
     def update_messages(self, messages: Sequence[MessageRecord]) -> None:

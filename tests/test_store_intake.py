@@ -1,0 +1,89 @@
+"""Store features mail intake relies on: one transaction around an action
+and its reply, replies that concern no advisory, finding a message by its
+DSN envelope id or acknowledgement token, and replay refusal."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from maild.domain.models import AdvisoryState, MessageKind, MessageRecord, MessageState
+from maild.service.ports import StoreError
+from tests.test_store import AnyStore, advisory, event, message
+
+AT = datetime(2026, 12, 1, 16, tzinfo=UTC)
+
+
+def reply(n: int, advisory_id: str | None = None) -> MessageRecord:
+    return MessageRecord(
+        advisory_id,
+        MessageKind.REPLY,
+        "ana@wg.example",
+        f"<reply-{n}@maild.example>",
+        f"reply-{n}",
+        fingerprint="A" * 40,
+        text="Re: list\n\nNo advisories.",
+    )
+
+
+def test_atomic_block_commits_everything_or_nothing(store: AnyStore) -> None:
+    """An intake action, its event and its reply commit together; when
+    anything in the block fails, none of it is stored."""
+    with pytest.raises(RuntimeError), store.atomic():
+        store.add_advisory(advisory(), [message("RSA-2026-0001", 1)], event())
+        store.add_messages(None, [reply(1)])
+        assert store.remember_signature("sig1", "A" * 40, AT, AT)
+        raise RuntimeError("the reply could not be made")
+    assert store.list_advisories() == []
+    assert store.find_messages(kinds=[MessageKind.REPLY]) == []
+    assert store.events() == []
+    assert store.remember_signature("sig1", "A" * 40, AT, AT)
+    with store.atomic():
+        store.add_advisory(advisory(), [], event())
+        store.add_messages("RSA-2026-0001", [reply(2, "RSA-2026-0001")])
+    assert [m.message_id for m in store.messages("RSA-2026-0001")] == ["<reply-2@maild.example>"]
+    assert len(store.events()) == 1
+
+
+def test_replies_without_an_advisory_are_kept_with_their_text(store: AnyStore) -> None:
+    """A reply to `list` or `help` belongs to no advisory; it reads back
+    with its text and is found by kind and state."""
+    store.add_messages(None, [reply(1)])
+    (found,) = store.find_messages(kinds=[MessageKind.REPLY], states=[MessageState.QUEUED])
+    assert found == reply(1)
+    sent = replace(found, state=MessageState.ACCEPTED, attempts=1)
+    store.update_messages([sent])
+    assert store.find_messages(kinds=[MessageKind.REPLY], states=[MessageState.QUEUED]) == []
+    assert store.find_messages(envid="reply-1") == [sent]
+
+
+def test_messages_are_found_by_envid_message_id_and_token(store: AnyStore) -> None:
+    """A DSN names the ENVID or Message-ID of what was sent; an
+    acknowledgement quotes the notice's token: each finds its message."""
+    rows = [replace(message("RSA-2026-0001", i), ack_token=f"{i:032x}") for i in range(1, 4)]
+    store.add_advisory(advisory(), rows, event())
+    second = store.messages("RSA-2026-0001")[1]
+    assert store.find_messages(envid=second.envid) == [second]
+    assert store.find_messages(message_id=second.message_id) == [second]
+    assert store.find_messages(ack_token=second.ack_token) == [second]
+    assert store.find_messages(ack_token="f" * 32) == []
+
+
+def test_a_signature_is_remembered_once(store: AnyStore) -> None:
+    """The same signed mail sent twice is a replay: the second time the
+    store says so and writes nothing."""
+    assert store.remember_signature("sig", "A" * 40, AT, AT)
+    assert not store.remember_signature("sig", "B" * 40, AT, AT + timedelta(days=1))
+    with pytest.raises(StoreError):
+        store.remember_signature("", "A" * 40, AT, AT)
+
+
+def test_an_advisory_may_await_approval(store: AnyStore) -> None:
+    """With the two-person rule an advisory is stored awaiting approval and
+    reads back so."""
+    record = replace(advisory(), state=AdvisoryState.AWAITING_APPROVAL)
+    store.add_advisory(record, [], event())
+    assert store.get_advisory(record.id) == record
+    assert not record.state.is_open
