@@ -4,8 +4,9 @@ error is one line naming the file, the line, the key and the problem."""
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ from maild.domain.tomlsource import LineIndex, SourceError, parse_toml
 
 DEFAULT_PATH = Path("/etc/maild/maild.toml")
 ENV_VAR = "MAILD_CONFIG"
+DURATION = re.compile(r"([0-9]{1,6})([dhms])")
+HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9-]{1,63})*")
 FULL_DAY_NAMES = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 
 
@@ -53,6 +56,15 @@ class IntakeConfig:
     port: int
     addresses: tuple[str, ...]
     members: tuple[str, ...]
+    hostname: str = "localhost"  # in the SMTP banner; default: the first address's domain
+    max_size: int = 10 * 1024 * 1024
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    require_tls: bool = False
+    max_signature_age: timedelta = timedelta(days=3)
+    approvals: int = 1  # 2: the two-person rule
+    timeout: int = 300  # seconds a connection may last
+    max_commands: int = 100  # SMTP commands per connection
 
 
 @dataclass(frozen=True)
@@ -140,7 +152,7 @@ def parse(text: str, path: Path) -> Config:
         identity=_identity(sections["identity"]),
         keys_dir=_path(sections["keys"], "dir", base, default="keys"),
         orgs_file=_path(sections["orgs"], "file", base, default="orgs.toml"),
-        intake=_intake(sections["intake"]),
+        intake=_intake(sections["intake"], base),
         smtp=_smtp(sections["smtp"], base),
         announce=_announce(sections["announce"], base),
     )
@@ -193,7 +205,7 @@ def _identity(t: Table | None) -> IdentityConfig | None:
     return IdentityConfig(_email(t, "address"), _fingerprint(t, "signing_key"))
 
 
-def _intake(t: Table | None) -> IntakeConfig | None:
+def _intake(t: Table | None, base: Path) -> IntakeConfig | None:
     if t is None:
         return None
     host, port = _host_port(t, "listen", "127.0.0.1:8025")
@@ -203,7 +215,44 @@ def _intake(t: Table | None) -> IntakeConfig | None:
     members = tuple(_fingerprint(t, "members", m) for m in t.texts("members"))
     if not members:
         raise t.error("members", "needs at least one WG member's key fingerprint")
-    return IntakeConfig(host, port, addresses, members)
+    hostname = t.text("hostname", addresses[0].rpartition("@")[2])
+    if not HOSTNAME.fullmatch(hostname):
+        raise t.error("hostname", f"{hostname!r} is not a host name like mail.example.org")
+    tls_cert = _optional_path(t, "tls_cert", base)
+    tls_key = _optional_path(t, "tls_key", base)
+    if (tls_cert is None) != (tls_key is None):
+        given = "tls_cert" if tls_key is None else "tls_key"
+        raise t.error(given, "set both tls_cert and tls_key, or neither")
+    require_tls = t.flag("require_tls", False)
+    if require_tls and tls_cert is None:
+        raise t.error("require_tls", "needs tls_cert and tls_key (STARTTLS)")
+    approvals = t.number("approvals", 1, minimum=1)
+    if approvals > 2:
+        raise t.error("approvals", "must be 1 (one member submits) or 2 (a second approves)")
+    return IntakeConfig(
+        host,
+        port,
+        addresses,
+        members,
+        hostname=hostname,
+        max_size=t.number("max_size", 10 * 1024 * 1024, minimum=1024),
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        require_tls=require_tls,
+        max_signature_age=_duration(t, "max_signature_age", "3d"),
+        approvals=approvals,
+        timeout=t.number("timeout", 300, minimum=1),
+        max_commands=t.number("max_commands", 100, minimum=10),
+    )
+
+
+def _duration(t: Table, key: str, default: str) -> timedelta:
+    text = t.text(key, default)
+    match = DURATION.fullmatch(text.strip())
+    if match is None or int(match[1]) == 0:
+        raise t.error(key, f"{text!r} is not a duration like 3d, 12h or 30m")
+    unit = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}[match[2]]
+    return timedelta(**{unit: int(match[1])})
 
 
 def _smtp(t: Table | None, base: Path) -> SmtpConfig | None:
@@ -248,6 +297,12 @@ def _path(t: Table | None, key: str, base: Path, default: Any = None) -> Path | 
     if value is None:
         raise t.error(key, "is required")
     return base / Path(value).expanduser()
+
+
+def _optional_path(t: Table, key: str, base: Path) -> Path | None:
+    """A path, or None when the key is absent or empty."""
+    value = t.text(key, "")
+    return base / Path(value).expanduser() if value else None
 
 
 def _email(t: Table, key: str, value: str | None = None) -> str:

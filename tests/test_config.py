@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
@@ -13,6 +13,7 @@ from maild.config import StartTls
 from maild.domain.tomlsource import SourceError
 
 FPR = "0123456789ABCDEF0123456789ABCDEF01234567"
+INTAKE = f'[intake]\naddresses = ["a@b.org"]\nmembers = ["{FPR}"]\n'
 FULL = f"""
 [daemon]
 state_dir = "state"
@@ -134,6 +135,36 @@ def test_missing_section_is_named_with_the_command(write: Write) -> None:
             "must be host:port",
         ),
         ('[intake]\naddresses = ["a@b.org"]\nmembers = []\n', 3, "needs at least one WG member"),
+        (
+            INTAKE + "approvals = 3\n",
+            4,
+            "must be 1",
+        ),
+        (
+            INTAKE + 'max_signature_age = "3 days"\n',
+            4,
+            "is not a duration like 3d",
+        ),
+        (
+            INTAKE + 'tls_cert = "c.pem"\n',
+            4,
+            "set both",
+        ),
+        (
+            INTAKE + "require_tls = true\n",
+            4,
+            "needs tls_cert",
+        ),
+        (
+            INTAKE + 'hostname = "a b"\n',
+            4,
+            "not a host name",
+        ),
+        (
+            INTAKE + "max_size = 10\n",
+            4,
+            "1024 or more",
+        ),
         ('[daemon]\nstate_dir = ""\n', 2, "state_dir: must not be empty"),
         ("[daemon]\nstate_dir = 5\n", 2, "state_dir: must be a string, not a number"),
         ('[calendar]\ntimezone = "UTC"\ntimezone = "UTC"\n', 3, "invalid TOML"),
@@ -163,6 +194,26 @@ def test_example_config_is_valid() -> None:
     """config.example.toml, which documents every key, loads as it is."""
     cfg = configuration.load(Path(__file__).parent.parent / "config.example.toml")
     assert cfg.intake is not None and cfg.smtp is not None and cfg.announce is not None
+
+
+def test_intake_defaults_follow_the_design(write: Write) -> None:
+    """[intake] needs only addresses and members: 10 MB, 3 days, one
+    approval, no TLS, and the banner names the first address's domain."""
+    path = write(
+        "maild.toml",
+        '[intake]\naddresses = ["embargo@lists.example.org"]\n'
+        'members = ["0123456789ABCDEF0123456789ABCDEF01234567"]\n'
+        'max_signature_age = "12h"\n',
+    )
+    intake = configuration.load(path).intake
+    assert intake is not None
+    assert (intake.hostname, intake.max_size, intake.approvals) == (
+        "lists.example.org",
+        10 * 1024 * 1024,
+        1,
+    )
+    assert intake.max_signature_age == timedelta(hours=12)
+    assert (intake.tls_cert, intake.require_tls) == (None, False)
 
 
 def test_odd_key_names_stay_on_one_line(write: Write) -> None:
