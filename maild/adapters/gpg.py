@@ -35,7 +35,7 @@ import gnupg
 
 from maild.adapters.files import make_private_dirs
 
-__all__ = ["FolderImport", "GpgError", "KeyHealth", "Keyring"]
+__all__ = ["FolderImport", "GpgError", "KeyHealth", "Keyring", "Signature"]
 
 # python-gnupg logs the first 256 bytes of key data it is handed at DEBUG level (scan and
 # import). That would put a mistakenly dropped secret key into the logs, so keep it quieter.
@@ -304,6 +304,30 @@ def _drain(fd: int, sink: list[bytes]) -> None:
             sink.append(chunk)
     finally:
         os.close(fd)
+
+
+@dataclass(frozen=True)
+class Signature:
+    """One valid signature as gpg reported it."""
+
+    fingerprint: str  # the signer's primary key
+    signed_at: datetime
+    sig_id: str  # gpg's SIG_ID: the same for the same signature, for replay detection
+
+
+def _signature_of(outcome: _Outcome) -> Signature | None:
+    """The one valid signature gpg reported, with its time and id, else None
+    (see _signer_of; a good signature without SIG_ID or time is refused too)."""
+    fpr = _signer_of(outcome)
+    ids = outcome.lines("SIG_ID")
+    if fpr is None or len(ids) != 1 or not ids[0]:
+        return None
+    valid = outcome.lines("VALIDSIG")[0]
+    # VALIDSIG <fpr> <sig creation date> <sig timestamp> ...
+    signed_at = _parse_gpg_time(valid[2]) if len(valid) > 2 else None
+    if signed_at is None:
+        return None
+    return Signature(fpr, signed_at, ids[0][0])
 
 
 def _signer_of(outcome: _Outcome) -> str | None:
@@ -681,6 +705,11 @@ class Keyring:
         revoked key, or carries more than one signature. A message that is not public-key
         encrypted to this keyring, or that fails its integrity check, is a GpgError.
         """
+        plaintext, signature = self.decrypt_signed(data)
+        return plaintext, None if signature is None else signature.fingerprint
+
+    def decrypt_signed(self, data: bytes) -> tuple[bytes, Signature | None]:
+        """As decrypt_verify, with the signature's time and id (for replay checks)."""
         outcome = self._gpg_io(["--trust-model", "always", "--decrypt"], data)
         decrypted = (
             outcome.has("DECRYPTION_OKAY")
@@ -696,17 +725,34 @@ class Keyring:
             raise GpgError("refused: the message is not public-key encrypted")
         if not decrypted or (outcome.returncode != 0 and not explained):
             raise GpgError(f"gpg failed to decrypt: {outcome.reason()}")
-        return outcome.output, _signer_of(outcome)
+        return outcome.output, _signature_of(outcome)
 
     def verify_detached(self, data: bytes, signature: bytes) -> str | None:
         """Primary fingerprint of the key whose valid detached signature covers `data`."""
+        found = self.detached_signature(data, signature)
+        return None if found is None else found.fingerprint
+
+    def detached_signature(self, data: bytes, signature: bytes) -> Signature | None:
+        """The valid detached signature `signature` over `data`, else None."""
         with tempfile.TemporaryDirectory(prefix="maild-sig-") as folder:
             sig_path = Path(folder) / "signature.asc"
             sig_path.write_bytes(signature)
             outcome = self._gpg_io(["--verify", "--", str(sig_path), "-"], data)
         if outcome.returncode != 0:
             return None
-        return _signer_of(outcome)
+        return _signature_of(outcome)
+
+    def clearsigned(self, data: bytes) -> tuple[bytes, Signature | None]:
+        """The text of a cleartext-signed message (RFC 4880 section 7) and its
+        valid signature (None: unsigned, bad, or by an unknown or unusable key).
+        Encrypted input is refused: use decrypt_signed."""
+        if not data.lstrip().startswith(b"-----BEGIN PGP SIGNED MESSAGE-----"):
+            raise GpgError("refused: not a cleartext-signed message")
+        outcome = self._gpg_io(["--trust-model", "always", "--decrypt"], data)
+        if outcome.has("DECRYPTION_OKAY") or outcome.has("ENC_TO"):
+            raise GpgError("refused: not a cleartext-signed message")
+        signature = _signature_of(outcome) if outcome.returncode == 0 else None
+        return outcome.output, signature
 
     def _signer(self, signer: str) -> str:
         fpr = _normalise_fpr(signer)

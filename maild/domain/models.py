@@ -107,6 +107,8 @@ class AdvisoryRecord:
 
     def next_action(self) -> tuple[str, datetime | None]:
         """What happens next to this advisory, and when (None: nothing)."""
+        if self.state is AdvisoryState.AWAITING_APPROVAL:
+            return ("approval by a second member", None)
         if not self.state.is_open:
             return (f"none ({self.state.value})", None)
         if self.state is AdvisoryState.SCHEDULED and self.plan.notify_at is not None:

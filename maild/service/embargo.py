@@ -60,8 +60,17 @@ class Desk:
     key_problem: Callable[[str], str | None]
 
     def submit(
-        self, text: str, source: str, patches: Sequence[Patch], now: datetime, actor: str
+        self,
+        text: str,
+        source: str,
+        patches: Sequence[Patch],
+        now: datetime,
+        actor: str,
+        *,
+        needs_approval: bool = False,
     ) -> AdvisoryRecord:
+        """Accept an advisory; with `needs_approval` (the two-person rule) it
+        waits, planned but with no messages, for another member's approve()."""
         _check_patches(patches)
         advisory = parse_advisory(
             text, source, now=now, orgs=self.orgs.statuses(), default_id=self._next_id(now)
@@ -71,11 +80,11 @@ class Desk:
         if existing is not None:
             raise UserError(f"{source}: id {meta.id} is already queued (state {existing.state})")
         schedule = self._plan(meta, now)
-        sealed = self.seal(_bundle(text, source, patches))
+        sealed = self.seal(bundle(text, source, patches))
         record = AdvisoryRecord(
             meta=meta,
             plan=schedule,
-            state=AdvisoryState.SCHEDULED,
+            state=AdvisoryState.AWAITING_APPROVAL if needs_approval else AdvisoryState.SCHEDULED,
             sealed=sealed,
             patch_names=tuple(p.name for p in patches),
             created_at=now,
@@ -84,7 +93,7 @@ class Desk:
         recipients = self.orgs.recipients(meta.extra_recipients)
         messages = (
             notice_rows(record, recipients, self.key_problem, self.mail_domain)
-            if schedule.has_notice
+            if schedule.has_notice and not needs_approval
             else []
         )
         blocked = sum(1 for m in messages if m.state is MessageState.BLOCKED)
@@ -98,13 +107,45 @@ class Desk:
                 "notices": len(messages),
                 "blocked": blocked,
                 "patches": len(patches),
+                **({"awaiting_approval": True} if needs_approval else {}),
             },
         )
         self.store.add_advisory(record, messages, event)
         return record
 
+    def approve(self, advisory_id: str, now: datetime, actor: str) -> AdvisoryRecord:
+        """The second member's approval: the advisory is planned again from
+        now (as if submitted now) and its notices are queued."""
+        record = find(self.store, advisory_id)
+        if record.state is not AdvisoryState.AWAITING_APPROVAL:
+            raise UserError(f"cannot approve {advisory_id}: it is {record.state.value}")
+        submitters = {e.actor for e in self.store.events(advisory_id) if e.kind == "submitted"}
+        if actor in submitters:
+            raise UserError(
+                f"cannot approve {advisory_id}: it needs a second member, not its submitter"
+            )
+        schedule = self._plan(record.meta, now)
+        new = replace(
+            record,
+            plan=schedule,
+            state=AdvisoryState.SCHEDULED,
+            updated_at=now,
+            version=record.version + 1,
+        )
+        recipients = self.orgs.recipients(record.meta.extra_recipients)
+        rows = (
+            notice_rows(new, recipients, self.key_problem, self.mail_domain)
+            if schedule.has_notice
+            else []
+        )
+        data = {**_plan_data(schedule), "notices": len(rows)}
+        self.store.update_advisory(
+            new, NewEvent(now, "approved", actor, advisory_id, data), add_messages=rows
+        )
+        return new
+
     def cancel(self, advisory_id: str, now: datetime, actor: str) -> AdvisoryRecord:
-        record = self._open(advisory_id, "cancel")
+        record = self._open(advisory_id, "cancel", AdvisoryState.AWAITING_APPROVAL)
         new = replace(
             record, state=AdvisoryState.CANCELLED, updated_at=now, version=record.version + 1
         )
@@ -194,9 +235,9 @@ class Desk:
         return new
 
     # -- helpers ------------------------------------------------------------
-    def _open(self, advisory_id: str, verb: str) -> AdvisoryRecord:
+    def _open(self, advisory_id: str, verb: str, *also: AdvisoryState) -> AdvisoryRecord:
         record = find(self.store, advisory_id)
-        if not record.state.is_open:
+        if not record.state.is_open and record.state not in also:
             raise UserError(f"cannot {verb} {advisory_id}: it is {record.state.value}")
         return record
 
@@ -256,7 +297,7 @@ def find(store: Store, advisory_id: str) -> AdvisoryRecord:
 
 
 def fresh_message(
-    advisory_id: str, kind: MessageKind, address: str, mail_domain: str, **fields: Any
+    advisory_id: str | None, kind: MessageKind, address: str, mail_domain: str, **fields: Any
 ) -> MessageRecord:
     """A new queued message with its own Message-ID and DSN ENVID."""
     token = uuid.uuid4().hex
@@ -312,7 +353,7 @@ def _check_patches(patches: Sequence[Patch]) -> None:
         names.add(patch.name)
 
 
-def _bundle(text: str, source: str, patches: Sequence[Patch]) -> bytes:
+def bundle(text: str, source: str, patches: Sequence[Patch]) -> bytes:
     """The advisory file and its patches, as one document to seal."""
     return json.dumps(
         {

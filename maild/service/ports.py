@@ -8,6 +8,7 @@ from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Protocol
 
+from maild.domain.audit import ChainCheck
 from maild.domain.models import (
     ADVISORY_MAIL,
     AdvisoryRecord,
@@ -140,6 +141,10 @@ class Store(Protocol):
 
     def events(self, advisory_id: str | None = None) -> list[Event]:
         """Audit events in order; all of them when `advisory_id` is None."""
+        ...
+
+    def verify_history(self) -> ChainCheck:
+        """Check the hash chain over the whole audit log."""
         ...
 
     def close(self) -> None: ...
