@@ -55,6 +55,7 @@ class World:
     orgs_text: str = ""
     extra_config: str = ""
     files: list[str] = field(default_factory=list)
+    members: tuple[str, ...] = ("member",)  # key names of the WG members
 
     @property
     def config(self) -> Path:
@@ -113,7 +114,7 @@ file = "orgs.toml"
 
 [intake]
 addresses = ["embargo@maild.example"]
-members = ["{self.keys.fpr["member"]}"]
+members = [{", ".join(f'"{self.keys.fpr[m]}"' for m in self.members)}]
 {extra}""",
             encoding="utf-8",
         )

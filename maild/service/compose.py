@@ -65,6 +65,12 @@ class Composer:
         attachments = [mime.Attachment(p.name, p.data) for p in draft.patches]
         return self.encrypted(message, text, attachments, sent, now)
 
+    def reply(self, message: MessageRecord, now: datetime) -> bytes:
+        """A reply to a member: its stored text, encrypted to the member's key."""
+        assert message.text is not None
+        subject, _, body = message.text.partition("\n\n")
+        return self.encrypted(message, mailtext.Text(subject, body), [], now, now)
+
     def encrypted(
         self,
         message: MessageRecord,

@@ -8,9 +8,9 @@ transactions in flight finish, then it exits.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
+import ssl
 import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -20,14 +20,18 @@ from email.utils import parseaddr
 import structlog
 
 from maild.adapters.gpg import KeyHealth
+from maild.adapters.smtp_in import ListenerConfig, start_listener
 from maild.adapters.smtp_out import Smarthost
+from maild.config import IntakeConfig
 from maild.service.clock import system_clock
 from maild.service.compose import Composer
 from maild.service.dispatch import Dispatcher, Member
 from maild.service.embargo import UserError
+from maild.service.intake import Intake
 from maild.service.setup import Setup
 
 MAX_SLEEP = timedelta(seconds=30)
+LISTENER_GRACE = 5.0  # seconds SMTP intake sessions get to end at shutdown
 POLL = 1.0  # seconds between checks for CLI changes
 log = structlog.get_logger("maild.daemon")
 
@@ -93,24 +97,88 @@ def build(setup: Setup, clock: Callable[[], datetime], pool: ThreadPoolExecutor)
     )
 
 
-async def serve(dispatcher: Dispatcher, stop: asyncio.Event) -> None:
-    """Tick, then sleep until the next due time, a CLI change, or `stop`."""
+def build_intake(
+    setup: Setup,
+    dispatcher: Dispatcher,
+    clock: Callable[[], datetime],
+    pool: ThreadPoolExecutor,
+    poke: Callable[[], None],
+) -> Intake:
+    """The mail intake, committing to the dispatcher's store (same thread)."""
+    cfg = setup.config
+    assert cfg.identity and cfg.intake
+    identity = cfg.identity.signing_key
+
+    def wake(advisory_id: str | None) -> None:
+        dispatcher.touch(advisory_id)
+        poke()
+
+    return Intake(
+        store=dispatcher.store,
+        keyring=setup.keyring,
+        # Changes by mail are checked as the CLI's are; the orgs list and the
+        # identity key were checked when the daemon started.
+        desk=lambda now: setup.desk(now, validate=False),
+        calendar=cfg.calendar,
+        members={m.fingerprint: m.address for m in dispatcher.members},
+        mail_domain=dispatcher.mail_domain,
+        seal=lambda data: setup.keyring.encrypt(data, identity, clock()),
+        clock=clock,
+        pool=pool,
+        approvals=cfg.intake.approvals,
+        max_signature_age=cfg.intake.max_signature_age,
+        wake=wake,
+    )
+
+
+def listener_config(intake: IntakeConfig) -> ListenerConfig:
+    context = None
+    if intake.tls_cert is not None and intake.tls_key is not None:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(intake.tls_cert, intake.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise UserError(f"[intake] tls_cert/tls_key: cannot load: {exc}") from None
+    return ListenerConfig(
+        host=intake.host,
+        port=intake.port,
+        hostname=intake.hostname,
+        addresses=intake.addresses,
+        max_size=intake.max_size,
+        tls_context=context,
+        require_tls=intake.require_tls,
+        session_limit=float(intake.timeout),
+        command_limit=intake.max_commands,
+    )
+
+
+async def serve(
+    dispatcher: Dispatcher, stop: asyncio.Event, poked: asyncio.Event | None = None
+) -> None:
+    """Tick, then sleep until the next due time, a CLI change, mail taken
+    in (`poked`), or `stop`."""
     store, clock = dispatcher.store, dispatcher.clock
+    poked = poked or asyncio.Event()
     dispatcher.stopping = stop.is_set
     dispatcher.recover()
     log.info("started")
     while not stop.is_set():
         seen = store.data_version()
+        poked.clear()
         next_at = await dispatcher.tick()
         deadline = clock() + MAX_SLEEP
         if next_at is not None and next_at < deadline:
             deadline = next_at
-        while not stop.is_set() and store.data_version() == seen:
+        while not stop.is_set() and not poked.is_set() and store.data_version() == seen:
             remaining = (deadline - clock()).total_seconds()
             if remaining <= 0:
                 break
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=min(remaining, POLL))
+            waits = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(poked.wait())}
+            _, pending = await asyncio.wait(
+                waits, timeout=min(remaining, POLL), return_when=asyncio.FIRST_COMPLETED
+            )
+            for task in pending:
+                task.cancel()
     log.info("stopping")
 
 
@@ -118,15 +186,36 @@ def run(setup: Setup, clock: Callable[[], datetime] = system_clock) -> int:
     configure_logging()
 
     async def main() -> None:
-        stop = asyncio.Event()
+        stop, poked = asyncio.Event(), asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="gpg") as pool:
             dispatcher = build(setup, clock, pool)
+            assert setup.config.intake is not None
+            intake = build_intake(setup, dispatcher, clock, pool, poked.set)
+            where = f"{setup.config.intake.host}:{setup.config.intake.port}"
             try:
-                await serve(dispatcher, stop)
+                listener = await start_listener(listener_config(setup.config.intake), intake)
+            except OSError as exc:
+                await dispatcher.aclose()
+                raise UserError(f"[intake] listen: cannot listen on {where}: {exc}") from None
+            log.info("listening", address=where)
+
+            async def close_listener_on_stop() -> None:
+                await stop.wait()
+                listener.close()  # no new mail; what is in receive() gets its reply
+
+            closer = asyncio.ensure_future(close_listener_on_stop())
+            try:
+                await serve(dispatcher, stop, poked)
             finally:
+                stop.set()
+                await closer
+                try:
+                    await asyncio.wait_for(listener.wait_closed(), LISTENER_GRACE)
+                except TimeoutError:
+                    listener.abort_clients()
                 await dispatcher.aclose()
 
     with setup:

@@ -41,6 +41,8 @@ from maild.service.scheduler import SENDABLE, backoff, due, due_time, next_wake
 log = structlog.get_logger("maild.dispatch")
 ACTOR = "daemon"
 UNSENT = (MessageState.QUEUED, MessageState.SENDING)
+REPLY_VERSION = 0  # replies are made once, from their own text, not from an advisory
+REPLY_ATTEMPTS = 12  # about four hours of backoff, then the reply is failed
 
 
 class Smarthost(Protocol):
@@ -130,6 +132,7 @@ class Dispatcher:
     connections: int = 4
     stopping: Callable[[], bool] = lambda: False  # SIGTERM: start no new transaction
     _journal: Journal = field(init=False)
+    _touched: set[str] = field(init=False, default_factory=set)
 
     def __post_init__(self) -> None:
         self._journal = Journal(self.store)
@@ -144,14 +147,20 @@ class Dispatcher:
         same Message-ID and ENVID, flagged as possible duplicates."""
         stuck = [
             replace(m, state=MessageState.QUEUED, possible_duplicate=True)
-            for r in self.store.list_advisories()
-            for m in self.store.messages(r.id)
-            if m.state is MessageState.SENDING
+            for m in self.store.find_messages(states=[MessageState.SENDING])
         ]
         if stuck:
             self.store.update_messages(stuck)
             log.warning("recovered-in-flight", count=len(stuck))
+        # Alerts are derived from stored states: make any a crash cut short.
+        self._touched.update(r.id for r in self.store.list_advisories())
         return len(stuck)
+
+    def touch(self, advisory_id: str | None) -> None:
+        """Mail intake changed this advisory's receipts (a DSN): look at its
+        alerts on the next tick."""
+        if advisory_id is not None:
+            self._touched.add(advisory_id)
 
     async def tick(self) -> datetime | None:
         """One pass: release what is prepared and due (nothing else delays
@@ -160,6 +169,10 @@ class Dispatcher:
         nothing waits). Each advisory is read a few times per pass, never the
         whole queue at once, so memory stays flat however long it is."""
         now = self.clock()
+        for advisory_id in sorted(self._touched):
+            self._touched.discard(advisory_id)
+            if (touched := self.store.get_advisory(advisory_id)) is not None:
+                self._alert_problems(touched, self.store.messages(advisory_id), now)
         due_now = []
         for record, messages in self._work(now, sync=True):
             due_now += due(self.clock(), [(record, m) for m in self._ready(record, messages)])
@@ -172,6 +185,7 @@ class Dispatcher:
         for record in self.store.list_advisories():
             if record.state.is_open:
                 self._advance(record, self.clock())
+        await self._prepare_alerts_and_replies(now)
         return self._next_wake(self.clock())
 
     def _work(
@@ -189,7 +203,62 @@ class Dispatcher:
     def _next_wake(self, now: datetime) -> datetime | None:
         """The earliest due time still ahead (see scheduler.next_wake)."""
         items = ((r, m) for r, messages in self._work(now, sync=False) for m in messages)
-        return next_wake(now, items)
+        retries = [
+            m.next_attempt_at
+            for m in self.store.find_messages(kinds=[MessageKind.REPLY], states=SENDABLE)
+            if m.next_attempt_at is not None and m.next_attempt_at > now
+        ]
+        times = [t for t in (next_wake(now, items), *retries) if t is not None]
+        return min(times, default=None)
+
+    # -- replies to members' mail ---------------------------------------------------
+    async def _prepare_alerts_and_replies(self, now: datetime) -> None:
+        """Alerts that a tick just added (for DSNs) go out in the next pass;
+        replies go now: prepared (signed, encrypted to the member) and sent
+        one after another, as they are few."""
+        for m in self.store.find_messages(kinds=[MessageKind.REPLY], states=SENDABLE):
+            if self.stopping():
+                return
+            if m.next_attempt_at is not None and m.next_attempt_at > self.clock():
+                continue
+            await self._send_reply(m)
+
+    async def _send_reply(self, m: MessageRecord) -> None:
+        now = self.clock()
+        stored = self.store.payload(m.message_id)
+        if stored is None:
+            problem = self._key_problem(m.fingerprint, now)
+            if problem is None:
+                loop = asyncio.get_running_loop()
+                try:
+                    data = await loop.run_in_executor(self.pool, self.composer.reply, m, now)
+                except GpgError as exc:
+                    problem = f"cannot prepare: {exc}"
+            if problem is not None:
+                self.store.update_messages([replace(m, state=MessageState.BLOCKED, detail=problem)])
+                log.warning("reply-blocked", message=m.message_id)
+                return
+            self.store.put_payload(m.message_id, REPLY_VERSION, data, now)
+        else:
+            data = stored[1]
+        sending = replace(m, state=MessageState.SENDING, attempts=m.attempts + 1)
+        self.store.update_messages([sending])
+        result = await self.smarthost.send(
+            Envelope(self.envelope_sender, m.address, data, envid=m.envid)
+        )
+        now = self.clock()
+        done = replace(sending, smtp_code=result.code, smtp_response=result.response)
+        if result.outcome is Outcome.ACCEPTED:
+            done = replace(done, state=MessageState.ACCEPTED, sent_at=now, next_attempt_at=None)
+        elif result.outcome is Outcome.FAILED or m.attempts + 1 >= REPLY_ATTEMPTS:
+            done = replace(done, state=MessageState.FAILED, detail=result.response)
+        else:
+            retry = now + backoff(sending.attempts)
+            done = replace(
+                done, state=MessageState.DEFERRED, detail=result.response, next_attempt_at=retry
+            )
+        self.store.update_messages([done])
+        log.info("sent", kind="reply", message=m.message_id, state=done.state.value)
 
     # -- rows ---------------------------------------------------------------------
     def _sync(self, record: AdvisoryRecord, now: datetime) -> list[MessageRecord]:
@@ -274,18 +343,20 @@ class Dispatcher:
         the stored states, so a crash cannot lose an alert)."""
         added = False
         for m in messages:
-            if m.kind is MessageKind.ALERT or m.state not in (
-                MessageState.BLOCKED,
-                MessageState.FAILED,
+            bounced = m.dsn == "failed"  # accepted, then a DSN reported failure
+            if m.kind in (MessageKind.ALERT, MessageKind.REPLY) or (
+                m.state not in (MessageState.BLOCKED, MessageState.FAILED) and not bounced
             ):
                 continue
             label = m.kind.value if m.purpose is MessagePurpose.ORIGINAL else m.purpose.value
+            outcome = "failed (delivery status report)" if bounced else m.state.value
+            about = f"dsn:{m.message_id}" if bounced else f"{m.state.value}:{m.message_id}"
             added = (
                 self._alert(
                     record,
                     messages,
-                    f"{m.state.value}:{m.message_id}:{m.detail}",
-                    f"{label} to {m.org or 'the list'} <{m.address}> {m.state.value}",
+                    f"{about}:{m.detail}",
+                    f"{label} to {m.org or 'the list'} <{m.address}> {outcome}",
                     [
                         f"Reason: {m.detail}",
                         f"Pinned key: {m.fingerprint or '-'}",
@@ -354,7 +425,9 @@ class Dispatcher:
         return [
             m
             for m in messages
-            if m.state in SENDABLE and versions.get(m.message_id) == record.version
+            if m.state in SENDABLE
+            and m.kind is not MessageKind.REPLY  # sent on their own path: _send_replies
+            and versions.get(m.message_id) == record.version
         ]
 
     async def _prepare(
@@ -367,6 +440,7 @@ class Dispatcher:
             m
             for m in messages
             if m.state in SENDABLE
+            and m.kind is not MessageKind.REPLY
             and versions.get(m.message_id) != record.version
             # The disclosure is the advisory in clear: never at rest before its time.
             and (m.kind is not MessageKind.DISCLOSURE or now >= record.plan.disclose_at)

@@ -42,7 +42,12 @@ def submitted(record: AdvisoryRecord, messages: Sequence[MessageRecord], clock: 
         )
     else:
         head = f"{record.id} is accepted and scheduled."
-    parts = [head, plan_text(record.plan, clock), recipients(messages)]
+    who = (
+        "Recipients: chosen from the orgs list at approval."
+        if record.state is AdvisoryState.AWAITING_APPROVAL
+        else recipients(messages)
+    )
+    parts = [head, plan_text(record.plan, clock), who]
     return Text(f"Accepted: {record.id}", "\n\n".join(parts) + "\n")
 
 

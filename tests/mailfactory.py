@@ -1,0 +1,172 @@
+"""Mail as WG members, organisations and smarthosts write it to maild, made
+with real gpg in a throwaway client keyring (never maild's own)."""
+
+from __future__ import annotations
+
+import base64
+import os
+import subprocess
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+
+from maild.adapters.gpg import Keyring
+from tests.keyfactory import raw_gpg, temp_keyring
+from tests.world import World
+
+CRLF = b"\r\n"
+
+
+@contextmanager
+def correspondent(world: World) -> Iterator[Correspondent]:
+    """A client holding every test org/member secret key and maild's public key."""
+    with temp_keyring() as ring, Keyring(world.keys.home) as all_keys:
+        secrets = ring.home / "all.asc"
+        secrets.write_bytes(raw_gpg(all_keys, "--armor", "--export-secret-keys"))
+        raw_gpg(ring, "--import", str(secrets))
+        with Keyring(world.root / "state" / "gnupg") as identity:
+            ring.import_key(identity.export_public(world.identity))
+        yield Correspondent(ring, world)
+
+
+class Correspondent:
+    def __init__(self, ring: Keyring, world: World) -> None:
+        self.ring = ring
+        self.world = world
+
+    def fpr(self, name: str) -> str:
+        return self.world.keys.fpr[name]
+
+    def gpg(self, args: Sequence[str], data: bytes, created: datetime | None = None) -> bytes:
+        command = ["gpg", "--homedir", str(self.ring.home), "--batch", "--yes", "--no-tty"]
+        command += ["--pinentry-mode", "loopback", "--passphrase", "", "--trust-model", "always"]
+        if created is not None:
+            command += ["--faked-system-time", created.astimezone(UTC).strftime("%Y%m%dT%H%M%S")]
+        proc = subprocess.run([*command, *args], input=data, capture_output=True, timeout=60)
+        if proc.returncode != 0:
+            raise RuntimeError(f"gpg {args[:3]} failed: {proc.stderr.decode(errors='replace')}")
+        return proc.stdout
+
+    def encrypt(
+        self,
+        data: bytes,
+        *,
+        to: str | None = None,
+        sign_as: str | None = None,
+        created: datetime | None = None,
+        extra: Sequence[str] = (),
+    ) -> bytes:
+        """Armored; to maild's identity key unless `to` names another key."""
+        args = ["--armor", "--encrypt", "--recipient", to or self.world.identity, *extra]
+        if sign_as is not None:
+            args += ["--sign", "--local-user", self.fpr(sign_as) + "!"]
+        return self.gpg(args, data, created)
+
+    def detach_sign(self, data: bytes, sign_as: str, created: datetime | None = None) -> bytes:
+        args = ["--armor", "--detach-sign", "--local-user", self.fpr(sign_as) + "!"]
+        return self.gpg(args, data, created)
+
+    def clearsign(self, text: bytes, sign_as: str) -> bytes:
+        return self.gpg(["--clearsign", "--local-user", self.fpr(sign_as) + "!"], text)
+
+
+def payload(
+    body: str, *, subject: str | None = None, attachments: Sequence[tuple[str, bytes]] = ()
+) -> bytes:
+    """The MIME entity a member signs and encrypts (RFC 9788: Subject inside)."""
+    head = [b"MIME-Version: 1.0"]
+    if subject is not None:
+        head.append(b"Subject: " + subject.encode())
+    text = body.replace("\r\n", "\n").replace("\n", "\r\n").encode()
+    if not attachments:
+        head.append(b'Content-Type: text/plain; charset="utf-8"')
+        head.append(b"Content-Transfer-Encoding: 8bit")
+        return CRLF.join(head) + CRLF + CRLF + text
+    boundary = b"inner-boundary-7"
+    head.append(b'Content-Type: multipart/mixed; boundary="' + boundary + b'"')
+    parts = [b'Content-Type: text/plain; charset="utf-8"' + CRLF + CRLF + text]
+    for name, data in attachments:
+        encoded = base64.encodebytes(data).replace(b"\n", CRLF)
+        parts.append(
+            b"Content-Type: text/x-patch"
+            + CRLF
+            + b'Content-Disposition: attachment; filename="'
+            + name.encode()
+            + b'"'
+            + CRLF
+            + b"Content-Transfer-Encoding: base64"
+            + CRLF
+            + CRLF
+            + encoded
+        )
+    return multipart(head, boundary, parts)
+
+
+def multipart(head: Sequence[bytes], boundary: bytes, parts: Sequence[bytes]) -> bytes:
+    out = CRLF.join(head) + CRLF + CRLF
+    for part in parts:
+        out += b"--" + boundary + CRLF + part + CRLF
+    return out + b"--" + boundary + b"--" + CRLF
+
+
+def envelope_headers(subject: str = "...", sender: str = "m@wg.example") -> list[bytes]:
+    return [
+        b"From: " + sender.encode(),
+        b"To: embargo@maild.example",
+        b"Subject: " + subject.encode(),
+        b"Message-ID: <" + base64.b32encode(os.urandom(10)).lower() + b"@wg.example>",
+        b"MIME-Version: 1.0",
+    ]
+
+
+def pgp_mime(armored: bytes, **headers: str) -> bytes:
+    """RFC 3156 multipart/encrypted around an armored message."""
+    boundary = b"outer-enc-1"
+    head = [
+        *envelope_headers(**headers),
+        b'Content-Type: multipart/encrypted; protocol="application/pgp-encrypted"; '
+        b'boundary="' + boundary + b'"',
+    ]
+    return multipart(
+        head,
+        boundary,
+        [
+            b"Content-Type: application/pgp-encrypted" + CRLF + CRLF + b"Version: 1" + CRLF,
+            b"Content-Type: application/octet-stream" + CRLF + CRLF + armored.replace(b"\n", CRLF),
+        ],
+    )
+
+
+def signed_mime(part: bytes, signature: bytes, head: Sequence[bytes] | None = None) -> bytes:
+    """RFC 3156 multipart/signed: `part` (exact bytes) and its detached signature."""
+    boundary = b"signed-bnd-2"
+    headers = [
+        *(envelope_headers() if head is None else head),
+        b'Content-Type: multipart/signed; micalg=pgp-sha256; protocol="application/pgp-signature"; '
+        b'boundary="' + boundary + b'"',
+    ]
+    return multipart(
+        headers,
+        boundary,
+        [
+            part,
+            b"Content-Type: application/pgp-signature"
+            + CRLF
+            + CRLF
+            + signature.replace(b"\n", CRLF),
+        ],
+    )
+
+
+def member_mail(
+    who: Correspondent,
+    body: str,
+    *,
+    sign_as: str = "member",
+    subject: str | None = None,
+    attachments: Sequence[tuple[str, bytes]] = (),
+    created: datetime | None = None,
+) -> bytes:
+    """A member's mail as it should be: signed and encrypted in one (RFC 3156 6.2)."""
+    inner = payload(body, subject=subject, attachments=attachments)
+    return pgp_mime(who.encrypt(inner, sign_as=sign_as, created=created))
