@@ -18,6 +18,8 @@ from typing import Any
 
 from maild import config as configuration
 from maild.adapters.gpg import GpgError
+from maild.domain.activity import DEFAULT_LAST, activity
+from maild.domain.models import MessageKind
 from maild.domain.orgs import org_public_dict
 from maild.domain.policy import Category, PolicyError, PolicyInput, Severity, plan
 from maild.domain.tomlsource import SourceError
@@ -64,6 +66,17 @@ def actor() -> str:
         return "cli:" + pwd.getpwuid(os.getuid()).pw_name
     except KeyError:
         return f"cli:uid{os.getuid()}"
+
+
+def positive(value: str) -> int:
+    """argparse type: a whole number of 1 or more."""
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number of 1 or more")
+    return number
 
 
 def instant(value: str) -> datetime:
@@ -247,6 +260,22 @@ def cmd_orgs_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_orgs_activity(args: argparse.Namespace) -> int:
+    setup = setup_for(args, "orgs activity", *CORE)
+    with setup:
+        orgs = setup.orgs
+        if orgs.problems:
+            raise UserError(f"{orgs.problems[0]} (run 'maild orgs check' for every problem)")
+        notices = setup.store.find_messages(kinds=[MessageKind.NOTICE])
+        rows = activity(orgs.public(), notices, args.last)
+        clock = views.Clock(setup.config.calendar)
+        if args.json:
+            print(json.dumps(views.activity_json(rows, args.last, clock), indent=2))
+        else:
+            print(views.activity_text(rows, args.last, clock))
+    return 0
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     setup = setup_for(args, "check-config", *CORE)
     with setup:
@@ -393,6 +422,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     o.add_argument("--format", choices=["md", "json"], default="md")
     o.set_defaults(handler=cmd_orgs_export)
+    o = orgs_sub.add_parser(
+        "activity",
+        help="per active org: notices received, acknowledged, last acknowledgement",
+        description="Per active organisation: advisories whose notice it received, how many "
+        "it acknowledged (a reply with the notice's ACK token, signed by the pinned key), and "
+        "when it last did. Organisations that received at least N notices and acknowledged "
+        "none of the last N are flagged: the data behind the policy's removal of "
+        "organisations that 'did not act on the notifications'.",
+        epilog=EPILOG,
+    )
+    o.add_argument(
+        "--last", type=positive, default=DEFAULT_LAST, metavar="N", help="flag after N (3)"
+    )
+    o.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    o.set_defaults(handler=cmd_orgs_activity)
 
     command(
         "check-config",

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from maild.domain.activity import OrgActivity
 from maild.domain.audit import ChainCheck
 from maild.domain.businessdays import BusinessCalendar
 from maild.domain.models import (
@@ -227,6 +228,49 @@ def history_text(events: Sequence[Event], clock: Clock) -> str:
         details = ", ".join(f"{k}={v}" for k, v in e.data.items() if v is not None)
         rows.append((str(e.seq), _short(clock, e.at), e.kind, e.actor, _clip(details, 70)))
     return table(rows)
+
+
+def activity_json(rows: Sequence[OrgActivity], last: int, clock: Clock) -> dict[str, Any]:
+    return {
+        "last": last,
+        "orgs": [
+            {
+                "org": r.org,
+                "name": r.name,
+                "received": r.received,
+                "acknowledged": r.acknowledged,
+                "last_ack": clock.iso(r.last_ack),
+                "recent": [
+                    {
+                        "advisory": n.advisory_id,
+                        "sent_at": clock.iso(n.sent_at),
+                        "acked_at": clock.iso(n.acked_at),
+                    }
+                    for n in r.recent
+                ],
+                "flagged": r.flagged,
+            }
+            for r in rows
+        ],
+    }
+
+
+def activity_text(rows: Sequence[OrgActivity], last: int, clock: Clock) -> str:
+    if not rows:
+        return "no active organisations"
+    out = [("ORG", "RECEIVED", "ACKNOWLEDGED", "LAST ACK", f"LAST {last}", "")]
+    for r in rows:
+        recent = " ".join("ack" if n.acked_at else "-" for n in r.recent) or "none yet"
+        flag = f"FLAG: none of the last {last} acknowledged" if r.flagged else ""
+        out.append(
+            (r.org, str(r.received), str(r.acknowledged), _short(clock, r.last_ack), recent, flag)
+        )
+    flagged = sum(1 for r in rows if r.flagged)
+    note = (
+        f"{flagged} organisation(s) acknowledged none of their last {last} notices "
+        "(the policy's 'did not act on the notifications')"
+    )
+    return table(out) + "\n" + note
 
 
 def orgs_markdown(orgs: Sequence[Org]) -> str:
