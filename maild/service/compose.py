@@ -34,6 +34,7 @@ class Composer:
     identity_address: str
     signing_key: str
     calendar: BusinessCalendar
+    ack_address: str | None = None  # where acknowledgements go (the intake); default: From
 
     def open(self, record: AdvisoryRecord) -> Draft:
         """Unseal an advisory (decrypting with the identity key)."""
@@ -59,7 +60,7 @@ class Composer:
             draft=draft.text,
             patch_names=[p.name for p in draft.patches],
             ack_token=message.ack_token,
-            reply_to=self.identity_address,
+            reply_to=self.ack_address or self.identity_address,
         )
         sent = record.plan.notify_at or now
         attachments = [mime.Attachment(p.name, p.data) for p in draft.patches]

@@ -80,7 +80,11 @@ def build(setup: Setup, clock: Callable[[], datetime], pool: ThreadPoolExecutor)
     return Dispatcher(
         store=setup.store,
         composer=Composer(
-            setup.keyring, cfg.identity.address, cfg.identity.signing_key, cfg.calendar
+            setup.keyring,
+            cfg.identity.address,
+            cfg.identity.signing_key,
+            cfg.calendar,
+            ack_address=cfg.intake.addresses[0],
         ),
         smarthost=Smarthost(cfg.smtp, local_hostname=domain, password=password),
         orgs=setup.orgs,

@@ -2,8 +2,10 @@
 
 It makes a WG identity, a WG member and three organisations (one with an
 expired key), starts a loopback smarthost that keeps what it receives in a
-Maildir, and runs the real CLI and the real dispatcher: plan, orgs check,
-submit, prepare ahead, notices and pre-announcement at the notice time,
+Maildir, and runs the real CLI, the real intake listener and the real
+dispatcher: plan, orgs check, the member's submission by signed and
+encrypted mail and maild's encrypted reply, prepare ahead, notices and
+pre-announcement at the notice time,
 disclosure at the disclosure time, receipts, and one notice decrypted as its
 organisation reads it. Only the demo moves the clock by hand, so a week
 passes in seconds; `maild run` always uses the real clock. Nothing leaves
@@ -19,19 +21,30 @@ import logging
 import re
 import shutil
 import tempfile
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
+import aiosmtplib
 import structlog
 
 from maild import config as configuration
+from maild.adapters import mime
 from maild.adapters.gpg import Keyring
 from maild.adapters.sink import RunningSink, start_sink
+from maild.adapters.smtp_in import start_listener
 from maild.service.clock import ManualClock
-from maild.service.daemon import build
+from maild.service.daemon import build, build_intake, listener_config
+from maild.service.dispatch import Dispatcher
 from maild.service.setup import Setup
+
+Step = Callable[[int, str], None]
+ARMORED = re.compile(rb"-----BEGIN PGP MESSAGE-----.*?-----END PGP MESSAGE-----", re.S)
 
 ZONE = "Europe/Berlin"
 ADVISORY_ID = "WG-DEMO-001"
@@ -69,11 +82,7 @@ def run_demo(folder: Path | None = None, *, keep: bool = False) -> int:
         run("plan", "--disclosure", disclosure.isoformat(), "--severity", "high")
         step(3, "checking the organisation list and its pinned keys (one problem expected)")
         run("orgs", "check")
-        step(4, "submitting an embargoed advisory with a patch")
-        if run("submit", str(work / "advisory.md"), "--patch", str(work / "fix.patch")) != 0:
-            return 1
-        run("queue")
-        if not _dispatch(loop, sink, config, step):
+        if not _daemon(loop, sink, work, step):
             return 1
         step(9, "the receipts: one row per message, with the smarthost's queue ids")
         run("receipts", ADVISORY_ID)
@@ -91,52 +100,130 @@ def run_demo(folder: Path | None = None, *, keep: bool = False) -> int:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def _dispatch(
-    loop: asyncio.AbstractEventLoop, sink: RunningSink, config: str, step: object
-) -> bool:
-    """Steps 5 to 8: the dispatcher on the demo clock."""
-    assert callable(step)
-    setup = Setup(configuration.load(Path(config)))
+def _daemon(loop: asyncio.AbstractEventLoop, sink: RunningSink, work: Path, step: Step) -> bool:
+    """Steps 4 to 8: the daemon's parts (intake listener, dispatcher) on the
+    demo clock, in this process."""
+    setup = Setup(configuration.load(work / "maild.toml"))
     with setup, ThreadPoolExecutor(max_workers=2, thread_name_prefix="gpg") as pool:
-        record = setup.store.get_advisory(ADVISORY_ID)
-        if record is None or record.plan.notify_at is None:
-            print("the advisory has no notice time")
-            return False
         clock = ManualClock(datetime.now(UTC))
         dispatcher = build(setup, clock, pool)
+        intake = build_intake(setup, dispatcher, clock, pool, lambda: None)
+        assert setup.config.intake is not None
+        listen = replace(listener_config(setup.config.intake), port=0)
+        listener = loop.run_until_complete(start_listener(listen, intake))
         try:
-            step(5, "the daemon prepares every message ahead of time (encrypted, signed)")
             dispatcher.recover()
+            step(4, "Wanda, a WG member, submits the advisory by mail (signed, encrypted)")
+            if not _submit_by_mail(loop, work, listener.sockets[0].getsockname()[1], clock()):
+                return False
+            before = len(sink.sink.received)
             loop.run_until_complete(dispatcher.tick())
-            versions = setup.store.payload_versions(ADVISORY_ID)
-            print(
-                f"    {len(versions)} messages prepared and stored; sent so far: "
-                f"{len(sink.sink.received)}"
-            )
-            for label, at, n in (
-                (
-                    "the notice time: notices and the public pre-announcement go out",
-                    record.plan.notify_at,
-                    6,
-                ),
-                (
-                    "the disclosure time: the advisory is published, signed",
-                    record.plan.disclose_at,
-                    7,
-                ),
-            ):
-                step(n, f"clock moved to {at.isoformat()}, {label}")
-                before = len(sink.sink.received)
-                clock.now = at
-                loop.run_until_complete(dispatcher.tick())
-                loop.run_until_complete(dispatcher.tick())  # alerts queued in the first pass
-                for r in sink.sink.received[before:]:
-                    print(f"    -> {', '.join(r.rcpt_tos):<36} queued as {r.queue_id}")
-            step(8, "the advisory's state")
-            final = setup.store.get_advisory(ADVISORY_ID)
-            print(f"    {ADVISORY_ID} is {final.state.value if final else '?'}")
+            _show_reply(work, sink.sink.received[before:])
+            return _dispatch(loop, sink, setup, dispatcher, clock, step)
         finally:
+            listener.close()
+            loop.run_until_complete(listener.wait_closed())
             loop.run_until_complete(dispatcher.aclose())
+
+
+def _submit_by_mail(loop: asyncio.AbstractEventLoop, work: Path, port: int, now: datetime) -> bool:
+    """What Wanda's mail client does: the advisory and the patch in a MIME
+    entity (real Subject inside), signed by her key and encrypted to maild's
+    identity key in one (RFC 3156), sent to the intake address."""
+    wanda = Keyring(work / "orgkeys")
+    identity = Keyring(work / "state" / "gnupg")
+    maild_key = identity_fingerprint(work)
+    wanda.import_key(identity.export_public(maild_key))
+    headers = [
+        ("From", "wanda@wg.demo.example"),
+        ("To", "embargo@demo.example"),
+        ("Date", format_datetime(now)),
+        ("Message-ID", "<demo-submission@wg.demo.example>"),
+    ]
+    inner = mime.protected_part(
+        [*headers, ("Subject", "New advisory")],
+        (work / "advisory.md").read_text(encoding="utf-8"),
+        [mime.Attachment("fix.patch", PATCH.encode())],
+        outer_headers=[*headers, ("Subject", "...")],
+    )
+    armored = wanda.sign_encrypt(inner, maild_key, member_fingerprint(work), now)
+    message = mime.encrypted_message([*headers, ("Subject", "...")], armored)
+    print(f"    PGP/MIME message, {len(message)} bytes; outer Subject '...'; sent over SMTP")
+
+    async def send() -> str:
+        client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False)
+        await client.connect()
+        try:
+            _, reply = await client.sendmail(
+                "wanda@wg.demo.example", ["embargo@demo.example"], message
+            )
+        except aiosmtplib.SMTPResponseException as exc:
+            return f"{exc.code} {exc.message}"
+        finally:
+            client.close()
+        return reply
+
+    reply = loop.run_until_complete(send())
+    print(f"    maild's intake answered: {reply}")
+    return reply.startswith("2") or reply.startswith("Ok")
+
+
+def _show_reply(work: Path, received: Sequence[Any]) -> None:
+    """Wanda decrypts maild's reply with her key."""
+    wanda = Keyring(work / "orgkeys")
+    for r in received:
+        if "wanda@wg.demo.example" not in r.rcpt_tos:
+            continue
+        armored = re.search(
+            rb"-----BEGIN PGP MESSAGE-----.*?-----END PGP MESSAGE-----", r.data, re.S
+        )
+        assert armored is not None
+        plain, signer = wanda.decrypt_verify(armored.group(0))
+        inner = email.message_from_bytes(plain, policy=email.policy.default)
+        if str(inner["Subject"]).startswith("maild alert"):
+            print(f"    also to Wanda, an alert: {inner['Subject']}")
+            continue
+        print(f"    maild's reply, decrypted with Wanda's key; signed by {signer}")
+        print(f"    inner Subject: {inner['Subject']}")
+        body = next(p for p in inner.walk() if p.get_content_type() == "text/plain")
+        print("\n".join("      | " + line for line in body.get_content().splitlines()))
+
+
+def _dispatch(
+    loop: asyncio.AbstractEventLoop,
+    sink: RunningSink,
+    setup: Setup,
+    dispatcher: Dispatcher,
+    clock: ManualClock,
+    step: Step,
+) -> bool:
+    """Steps 5 to 8: the dispatcher on the demo clock."""
+    record = setup.store.get_advisory(ADVISORY_ID)
+    if record is None or record.plan.notify_at is None:
+        print("the advisory was not queued, or has no notice time")
+        return False
+    step(5, "the daemon prepares every message ahead of time (encrypted, signed)")
+    loop.run_until_complete(dispatcher.tick())
+    versions = setup.store.payload_versions(ADVISORY_ID)
+    print(f"    {len(versions)} messages prepared and stored; notices sent so far: 0")
+    for label, at, n in (
+        (
+            "the notice time: notices and the public pre-announcement go out",
+            record.plan.notify_at,
+            6,
+        ),
+        ("the disclosure time: the advisory is published, signed", record.plan.disclose_at, 7),
+    ):
+        step(n, f"clock moved to {at.isoformat()}, {label}")
+        before = len(sink.sink.received)
+        clock.now = at
+        loop.run_until_complete(dispatcher.tick())
+        loop.run_until_complete(dispatcher.tick())  # alerts queued in the first pass
+        for r in sink.sink.received[before:]:
+            print(f"    -> {', '.join(r.rcpt_tos):<36} queued as {r.queue_id}")
+    step(8, "the advisory's state")
+    final = setup.store.get_advisory(ADVISORY_ID)
+    print(f"    {ADVISORY_ID} is {final.state.value if final else '?'}")
     return True
 
 
@@ -167,6 +254,13 @@ def _show_notice(work: Path) -> None:
 def identity_fingerprint(work: Path) -> str:
     text = (work / "maild.toml").read_text()
     found = re.search(r'signing_key = "([0-9A-F]{40})"', text)
+    assert found is not None
+    return found.group(1)
+
+
+def member_fingerprint(work: Path) -> str:
+    text = (work / "maild.toml").read_text()
+    found = re.search(r'members = \["([0-9A-F]{40})"\]', text)
     assert found is not None
     return found.group(1)
 
