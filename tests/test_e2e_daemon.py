@@ -3,6 +3,7 @@ process, real gpg keys and SQLite. What operators and recipients see."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import signal
 import subprocess
@@ -12,6 +13,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import aiosmtplib
 import pytest
 
 from maild.adapters.gpg import Keyring
@@ -19,6 +21,7 @@ from maild.adapters.store import SqliteStore
 from maild.domain.models import MessageKind, MessageRecord, MessageState
 from tests.conftest import CLI
 from tests.keyfactory import export_secret, raw_gpg, temp_keyring
+from tests.mailfactory import correspondent, member_mail
 from tests.world import World
 
 WAIT = 30.0  # seconds: an upper bound for the daemon to react, never a pacing sleep
@@ -213,3 +216,37 @@ def test_run_refuses_to_start_without_its_sections(cli: CLI, world: World) -> No
     """`maild run` without [smtp] says which section is missing: exit 2."""
     result = cli("--config", str(world.config), "run")
     assert result.code == 2 and "[smtp] is missing; 'run' needs it" in result.err
+
+
+def test_a_member_submits_by_mail_to_the_running_daemon(
+    world: World, sink: tuple[Process, int, Path], daemon: Callable[[], Process]
+) -> None:
+    """`maild run` listens on [intake] listen: a member's signed, encrypted
+    advisory is answered 250, queued, and the member's encrypted reply
+    reaches the smarthost; the daemon's log holds none of the advisory's
+    words; SIGTERM still exits 0."""
+    proc = daemon()
+    with correspondent(world) as who:
+        mail = member_mail(who, world.advisory().read_text())
+
+        async def send() -> str:
+            client = aiosmtplib.SMTP(hostname="127.0.0.1", port=world.listen_port, start_tls=False)
+            await client.connect()
+            try:
+                _, reply = await client.sendmail("m@wg.example", ["embargo@maild.example"], mail)
+            finally:
+                client.close()
+            return reply
+
+        assert "Ok: accepted" in asyncio.run(send())
+        reply = wait_for("the reply", lambda: to(sink[2], "m@wg.example"))
+        assert isinstance(reply, list)
+        armored = re.search(
+            rb"-----BEGIN PGP MESSAGE-----.*?-----END PGP MESSAGE-----", reply[0], re.S
+        )
+        assert armored is not None
+        plain, signer = who.ring.decrypt_verify(armored.group(0))
+        assert signer == world.identity and b"is accepted and scheduled" in plain
+    assert proc.stop() == 0
+    log = proc.text()
+    assert "SECRET-WORDS-42" not in log and "frobnicator" not in log

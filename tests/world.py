@@ -4,6 +4,7 @@ an orgs list, an advisory. Organisation keys are made once per session."""
 from __future__ import annotations
 
 import shutil
+import socket
 import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -56,6 +57,7 @@ class World:
     extra_config: str = ""
     files: list[str] = field(default_factory=list)
     members: tuple[str, ...] = ("member",)  # key names of the WG members
+    listen_port: int = field(default_factory=lambda: free_port())
 
     @property
     def config(self) -> Path:
@@ -113,6 +115,7 @@ dir = "keys"
 file = "orgs.toml"
 
 [intake]
+listen = "127.0.0.1:{self.listen_port}"
 addresses = ["embargo@maild.example"]
 members = [{", ".join(f'"{self.keys.fpr[m]}"' for m in self.members)}]
 {extra}""",
@@ -142,6 +145,13 @@ members = [{", ".join(f'"{self.keys.fpr[m]}"' for m in self.members)}]
     def close(self) -> None:
         Keyring(self.root / "state" / "gnupg").close()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now (for `maild run`'s intake)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def new_root() -> Path:
