@@ -35,13 +35,13 @@ def with_key(name: str, org_id: str) -> Mutation:
 
 CASES: list[tuple[str, Mutation, list[str], str]] = [
     ("misspelt config key", config_line("[calendar]\ntimezon = 'UTC'\n"), ["submit"],
-     "maild.toml:18: [calendar] timezon: unknown key"),
+     "maild.toml:19: [calendar] timezon: unknown key"),
     ("unknown time zone", config_line("[calendar]\ntimezone = 'Mars/Olympus'\n"), ["submit"],
-     "maild.toml:18: [calendar] timezone: unknown IANA time zone 'Mars/Olympus'"),
+     "maild.toml:19: [calendar] timezone: unknown IANA time zone 'Mars/Olympus'"),
     ("weekend names that are not days", config_line("[calendar]\nweekend = ['sat', 'caturday']\n"),
-     ["submit"], "maild.toml:18: [calendar] weekend: 'caturday' is not a day name"),
+     ["submit"], "maild.toml:19: [calendar] weekend: 'caturday' is not a day name"),
     ("holidays that are not dates", config_line("[calendar]\nholidays = ['christmas']\n"),
-     ["submit"], "maild.toml:18: [calendar] holidays: 'christmas' is not a TOML date"),
+     ["submit"], "maild.toml:19: [calendar] holidays: 'christmas' is not a TOML date"),
     ("org with one contact",
      org_change(lambda w: w.orgs_text.replace(', "Ben <ben@good.example>"', "")), ["submit"],
      "orgs.toml:8: org good: contacts: needs at least two people"),

@@ -222,7 +222,7 @@ def test_misspelt_config_key_blocks_every_command(cli: CLI, world: World) -> Non
     ):
         result = cli("--config", str(world.config), *args)
         assert result.code == 2
-        assert "maild.toml:19: [smtp] prot: unknown key (did you mean 'port'?)" in result.err
+        assert "maild.toml:20: [smtp] prot: unknown key (did you mean 'port'?)" in result.err
     assert snapshot(world) is None
 
 

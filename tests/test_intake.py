@@ -252,3 +252,44 @@ def dsn_bytes(envid: str, address: str, action: str, status: str) -> bytes:
         "Message-ID: <x@y>\r\n"
         "--b1--\r\n"
     ).encode()
+
+
+def test_dsn_states_are_recorded_and_never_downgraded(intake: Intake) -> None:
+    """`delayed` is recorded, then `delivered` replaces it; a late `delayed`
+    never replaces a final report. A report naming nothing maild sent is
+    taken (250, so the smarthost does not bounce it) and changes nothing."""
+    intake.send(member_mail(intake.who, advisory_text(intake.world)))
+    (record,) = intake.setup.store.list_advisories()
+    notice = next(m for m in intake.setup.store.messages(record.id) if m.kind is MessageKind.NOTICE)
+
+    def dsn_now() -> str | None:
+        (m,) = intake.setup.store.find_messages(envid=notice.envid)
+        return m.dsn
+
+    for action, status, expected in (
+        ("delayed", "4.4.1", "delayed"),
+        ("delivered", "2.0.0", "delivered"),
+        ("delayed", "4.4.1", "delivered"),
+    ):
+        assert intake.send(dsn_bytes(notice.envid, notice.address, action, status))[0] == 250
+        assert dsn_now() == expected
+    before = intake.state()
+    assert intake.send(dsn_bytes("f" * 32, "x@y.example", "failed", "5.1.1"))[0] == 250
+    assert intake.state() == before
+
+
+def test_a_global_dsn_is_matched_by_message_id(intake: Intake) -> None:
+    """A message/global-delivery-status report without an ENVID is matched
+    by the returned Message-ID."""
+    intake.send(member_mail(intake.who, advisory_text(intake.world)))
+    (record,) = intake.setup.store.list_advisories()
+    notice = next(m for m in intake.setup.store.messages(record.id) if m.kind is MessageKind.NOTICE)
+    report = (
+        dsn_bytes("unused", notice.address, "failed", "5.2.2")
+        .replace(b"message/delivery-status", b"message/global-delivery-status")
+        .replace(b"Original-Envelope-Id: unused\r\n", b"")
+        .replace(b"Message-ID: <x@y>", f"Message-ID: {notice.message_id}".encode())
+    )
+    assert intake.send(report)[0] == 250
+    (updated,) = intake.setup.store.find_messages(envid=notice.envid)
+    assert updated.dsn == "failed" and "5.2.2" in (updated.detail or "")
