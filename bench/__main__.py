@@ -14,7 +14,7 @@ import sys
 import time
 from types import FrameType
 
-from bench import release, rss
+from bench import intake, release, rss
 from bench.common import Report, configure_logging, machine
 from bench.world import KEY_POOL, KeyPool
 
@@ -40,16 +40,46 @@ def _sizes(text: str) -> list[int]:
     return sizes
 
 
+def _messages(text: str) -> int:
+    limit = intake.CLIENTS * intake.PER_CONNECTION
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of submissions") from None
+    if not 1 <= count <= limit:
+        raise argparse.ArgumentTypeError(f"{text!r}: give 1 to {limit} submissions")
+    return count
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument(
         "--sizes", type=_sizes, default=list(DEFAULT_SIZES), help="recipient counts (100,1000)"
     )
-    parser.add_argument("--quick", action="store_true", help="only N=100")
     parser.add_argument(
-        "--profile", action="store_true", help="profile maild's release tick (cProfile)"
+        "--quick",
+        action="store_true",
+        help=f"only N=100, {intake.QUICK_MESSAGES} intake submissions",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="profile maild's release tick and intake run (cProfile)",
+    )
+    parser.add_argument(
+        "--no-release",
+        action="store_true",
+        help="skip the release, preparation and lateness benchmarks",
     )
     parser.add_argument("--no-rss", action="store_true", help="skip the peak RSS benchmark")
+    parser.add_argument("--no-intake", action="store_true", help="skip the intake benchmark")
+    parser.add_argument(
+        "--intake-messages",
+        type=_messages,
+        default=None,
+        help=f"submissions for the intake benchmark ({intake.MESSAGES}; "
+        f"{intake.QUICK_MESSAGES} with --quick)",
+    )
     parser.add_argument(
         "--rss-advisories",
         type=int,
@@ -58,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     sizes = [100] if args.quick else args.sizes
+    messages = args.intake_messages or (intake.QUICK_MESSAGES if args.quick else intake.MESSAGES)
 
     configure_logging()
     signal.signal(signal.SIGALRM, _alarm)
@@ -76,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\nmaking the key pool", flush=True)
     keys = KeyPool.make()
     try:
-        for n in sizes:
+        for n in [] if args.no_release else sizes:
             print(f"\n== release, preparation and lateness, N={n}", flush=True)
             release.run(keys, n, report, profile=args.profile)
         if not args.no_rss:
@@ -85,6 +116,13 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
             rss.run(keys, report, args.rss_advisories)
+        if not args.no_intake:
+            print(
+                f"\n== intake, {messages} submissions of a {intake.BODY_BYTES // 1024} KB "
+                f"advisory from {intake.CLIENTS} clients",
+                flush=True,
+            )
+            intake.run(keys, report, messages, profile=args.profile)
     except _OutOfTime as exc:
         print(f"\nstopped: {exc}", file=sys.stderr)
         return 1
