@@ -716,12 +716,23 @@ class SqliteStore:
 
     @staticmethod
     def _insert_messages(conn: sqlite3.Connection, message_rows: Sequence[Row]) -> None:
-        for message in message_rows:
-            for column in UNIQUE_MESSAGE_COLUMNS:
-                sql = f"SELECT 1 FROM messages WHERE {column} = ?"
-                if conn.execute(sql, (message[column],)).fetchone():
-                    raise duplicate_message(column, message[column])
-            conn.execute(_insert("messages", MESSAGE_COLUMNS), message)
+        """Insert new messages, refusing (before writing any) an id already
+        stored or given twice; one statement for the whole batch."""
+        for column in UNIQUE_MESSAGE_COLUMNS:
+            values = [m[column] for m in message_rows]
+            seen: set[object] = set()
+            for value in values:
+                if value in seen:
+                    raise duplicate_message(column, value)
+                seen.add(value)
+            for start in range(0, len(values), 500):
+                chunk = values[start : start + 500]
+                marks = ", ".join("?" for _ in chunk)
+                sql = f"SELECT {column} FROM messages WHERE {column} IN ({marks}) LIMIT 1"
+                taken = conn.execute(sql, chunk).fetchone()
+                if taken:
+                    raise duplicate_message(column, taken[column])
+        conn.executemany(_insert("messages", MESSAGE_COLUMNS), message_rows)
 
     def get_advisory(self, advisory_id: str) -> AdvisoryRecord | None:
         rows = self._query("SELECT * FROM advisories WHERE id = ?", (advisory_id,))

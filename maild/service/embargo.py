@@ -30,6 +30,7 @@ from maild.domain.orgs import Org, OrgList
 from maild.domain.policy import Plan, PolicyError, plan
 from maild.service.ports import Store
 
+UNASSIGNED = "(unassigned)"  # parse_advisory's id for a file without one, replaced at once
 PATCH_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 
 
@@ -73,9 +74,11 @@ class Desk:
         waits, planned but with no messages, for another member's approve()."""
         _check_patches(patches)
         advisory = parse_advisory(
-            text, source, now=now, orgs=self.orgs.statuses(), default_id=self._next_id(now)
+            text, source, now=now, orgs=self.orgs.statuses(), default_id=UNASSIGNED
         )
         meta = advisory.meta
+        if advisory.id_assigned:  # only then read the ids in use
+            meta = replace(meta, id=self._next_id(now))
         existing = self.store.get_advisory(meta.id)
         if existing is not None:
             raise UserError(f"{source}: id {meta.id} is already queued (state {existing.state})")
