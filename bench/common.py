@@ -158,7 +158,8 @@ class Timer:
 
 
 class Marks:
-    """When an async method of one object was entered and left (the last call)."""
+    """When an async method of one object was entered and left: the first call whose
+    first argument is non-empty (e.g. the `_release` that really sends something)."""
 
     def __init__(self, obj: object, name: str) -> None:
         self.entered = self.left = 0.0
@@ -166,6 +167,8 @@ class Marks:
         original = getattr(obj, name)
 
         async def marked(*args: object, **kwargs: object) -> object:
+            if self.entered or not (args and args[0]):
+                return await original(*args, **kwargs)
             self.entered = time.perf_counter()
             try:
                 return await original(*args, **kwargs)
