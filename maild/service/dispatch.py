@@ -50,56 +50,54 @@ class Smarthost(Protocol):
 
 
 class Journal:
-    """Group commit for receipts. A release's writes that arrive together
-    share one transaction, so many messages cost far fewer fsyncs. Each call
-    returns only once its write is committed.
+    """Group commit for receipts. The writes that arrive together share one
+    transaction, so many messages cost far fewer fsyncs. `commit` returns only
+    once its write is committed.
 
-    `claim` marks a message `sending` before its SMTP transaction, and takes
-    only if the message is still queued or deferred and its advisory has not
-    changed since it was read (a CLI change wins); `record` stores an outcome,
-    only onto a message that is still `sending`."""
+    A write holds a claim, an outcome, or both. A claim marks a message
+    `sending` before its SMTP transaction, and takes only if the message is
+    still queued or deferred and its advisory has not changed since it was
+    read (a CLI change wins); an outcome lands only on a message that is
+    still `sending`. A connection writes the outcome of the message it just
+    sent together with the claim of its next one: one transaction per message
+    and connection, and still at most one message `sending` per connection."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self._claims: list[tuple[MessageRecord, int, asyncio.Future[bool]]] = []
-        self._outcomes: list[tuple[MessageRecord, asyncio.Future[bool]]] = []
+        self._claims: list[tuple[MessageRecord, int]] = []
+        self._outcomes: list[MessageRecord] = []
+        self._waiting: list[tuple[str | None, asyncio.Future[bool]]] = []
         self._flusher: asyncio.Task[None] | None = None
 
-    async def claim(self, message: MessageRecord, advisory_version: int) -> bool:
-        done = self._future()
-        self._claims.append((message, advisory_version, done))
-        return await done
-
-    async def record(self, message: MessageRecord) -> None:
-        done = self._future()
-        self._outcomes.append((message, done))
-        await done
-
-    def _future(self) -> asyncio.Future[bool]:
+    async def commit(
+        self, outcome: MessageRecord | None, claim: tuple[MessageRecord, int] | None = None
+    ) -> bool:
+        """Write `outcome` and `claim` in one transaction; True if the claim took."""
         loop = asyncio.get_running_loop()
+        done: asyncio.Future[bool] = loop.create_future()
+        if outcome is not None:
+            self._outcomes.append(outcome)
+        if claim is not None:
+            self._claims.append(claim)
+        self._waiting.append((None if claim is None else claim[0].message_id, done))
         if self._flusher is None:
             self._flusher = loop.create_task(self._flush())
-        return loop.create_future()
+        return await done
 
     async def _flush(self) -> None:
         await asyncio.sleep(0)  # let the writes that are ready now join this batch
         try:
-            while self._claims or self._outcomes:
-                claims, outcomes = self._claims, self._outcomes
-                self._claims, self._outcomes = [], []
-                futures = [f for _, _, f in claims] + [f for _, f in outcomes]
+            while self._waiting:
+                claims, outcomes, waiting = self._claims, self._outcomes, self._waiting
+                self._claims, self._outcomes, self._waiting = [], [], []
                 try:
-                    taken = self.store.commit_receipts(
-                        [m for m, _ in outcomes], [(m, v) for m, v, _ in claims]
-                    )
+                    taken = self.store.commit_receipts(outcomes, claims)
                 except Exception as exc:
-                    for f in futures:
+                    for _, f in waiting:
                         f.set_exception(exc)
                     continue
-                for m, _, f in claims:
-                    f.set_result(m.message_id in taken)
-                for _, f in outcomes:
-                    f.set_result(True)
+                for claimed, f in waiting:
+                    f.set_result(claimed in taken)
         finally:
             self._flusher = None
 
@@ -440,52 +438,60 @@ class Dispatcher:
 
     # -- releasing -----------------------------------------------------------------
     async def _release(self, items: Sequence[tuple[AdvisoryRecord, MessageRecord]]) -> None:
+        """Send `items` over up to `connections` transactions at once: one
+        sender per connection takes the next item when its last is done."""
         if not items:
             return
-        gate = asyncio.Semaphore(self.connections)
-
-        async def one(record: AdvisoryRecord, m: MessageRecord) -> None:
-            async with gate:
-                await self._send(record, m)
-
-        await asyncio.gather(*(one(r, m) for r, m in items))
+        todo = iter(items)
+        await asyncio.gather(
+            *(self._sender(todo) for _ in range(min(self.connections, len(items))))
+        )
         now = self.clock()
         for record in {r.id: r for r, _ in items}.values():
             self._alert_problems(record, self.store.messages(record.id), now)
 
-    async def _send(self, record: AdvisoryRecord, m: MessageRecord) -> None:
-        if self.stopping():
-            return  # left queued; sent when maild starts again
-        now = self.clock()  # the wall clock right before the send: never early
-        when = due_time(record, m)
-        if when is None or when > now:
-            return
-        withdrawal = m.purpose is MessagePurpose.WITHDRAWAL
-        if m.kind in EMBARGOED_MAIL and now >= record.plan.disclose_at and not withdrawal:
-            return  # too late to matter; marked failed when the advisory is disclosed
-        if m.kind is MessageKind.NOTICE and (problem := self._key_problem(m.fingerprint, now)):
-            blocked = replace(m, state=MessageState.BLOCKED, detail=problem)
-            await self._journal.claim(blocked, record.version)
-            return
-        stored = self.store.payload(m.message_id)
-        if stored is None or stored[0] != record.version:
-            return
-        sending = replace(m, state=MessageState.SENDING, attempts=m.attempts + 1)
-        if not await self._journal.claim(sending, record.version):
-            return  # changed meanwhile (a CLI change wins): the next tick decides
-        result = await self.smarthost.send(
-            Envelope(self.envelope_sender, m.address, stored[1], envid=m.envid)
-        )
-        done = self._outcome(record, sending, result)
-        await self._journal.record(done)
-        log.info(
-            "sent",
-            advisory=record.id,
-            kind=m.kind.value,
-            message=m.message_id,
-            state=done.state.value,
-            code=result.code,
-        )
+    async def _sender(self, todo: Iterator[tuple[AdvisoryRecord, MessageRecord]]) -> None:
+        """One connection's share. A message's outcome is committed with the
+        claim of the next (or on its own after the last), so this sender
+        never has more than one message `sending`."""
+        outcome: MessageRecord | None = None  # sent, its outcome not yet committed
+        for record, m in todo:
+            if self.stopping():
+                break  # left queued; sent when maild starts again
+            now = self.clock()  # the wall clock right before the send: never early
+            when = due_time(record, m)
+            if when is None or when > now:
+                continue
+            withdrawal = m.purpose is MessagePurpose.WITHDRAWAL
+            if m.kind in EMBARGOED_MAIL and now >= record.plan.disclose_at and not withdrawal:
+                continue  # too late to matter; marked failed when the advisory is disclosed
+            if m.kind is MessageKind.NOTICE and (problem := self._key_problem(m.fingerprint, now)):
+                blocked = replace(m, state=MessageState.BLOCKED, detail=problem)
+                await self._journal.commit(outcome, (blocked, record.version))
+                outcome = None
+                continue
+            stored = self.store.payload(m.message_id)
+            if stored is None or stored[0] != record.version:
+                continue
+            sending = replace(m, state=MessageState.SENDING, attempts=m.attempts + 1)
+            claimed = await self._journal.commit(outcome, (sending, record.version))
+            outcome = None
+            if not claimed:
+                continue  # changed meanwhile (a CLI change wins): the next tick decides
+            result = await self.smarthost.send(
+                Envelope(self.envelope_sender, m.address, stored[1], envid=m.envid)
+            )
+            outcome = self._outcome(record, sending, result)
+            log.info(
+                "sent",
+                advisory=record.id,
+                kind=m.kind.value,
+                message=m.message_id,
+                state=outcome.state.value,
+                code=result.code,
+            )
+        if outcome is not None:
+            await self._journal.commit(outcome)
 
     def _outcome(self, record: AdvisoryRecord, m: MessageRecord, r: SendResult) -> MessageRecord:
         now = self.clock()
