@@ -156,14 +156,20 @@ class Dispatcher:
         it), prepare the rest and release what that made ready, advance the
         advisories, and return the next future instant anything is due (None:
         nothing waits). Each advisory is read a few times per pass, never the
-        whole queue at once, so memory stays flat however long it is."""
+        whole queue at once, so memory stays flat however long it is; one
+        with nothing left to prepare is not read again to prepare it."""
         now = self.clock()
         due_now = []
+        unprepared: set[str] = set()
         for record, messages in self._work(now, sync=True):
-            due_now += due(self.clock(), [(record, m) for m in self._ready(record, messages)])
-        await self._release(due_now)
+            versions = self.store.payload_versions(record.id)
+            ready = self._ready(record, messages, versions)
+            due_now += due(self.clock(), [(record, m) for m in ready])
+            if self._unprepared(record, messages, versions, now):
+                unprepared.add(record.id)
+        unprepared |= await self._release(due_now)
         due_now = []
-        for record, messages in self._work(now, sync=False):
+        for record, messages in self._work(now, sync=False, only=unprepared):
             ready = await self._prepare(record, messages, now)
             due_now += due(self.clock(), [(record, m) for m in ready])
         await self._release(due_now)
@@ -173,12 +179,15 @@ class Dispatcher:
         return self._next_wake(self.clock())
 
     def _work(
-        self, now: datetime, *, sync: bool
+        self, now: datetime, *, sync: bool, only: set[str] | None = None
     ) -> Iterator[tuple[AdvisoryRecord, list[MessageRecord]]]:
         """Open advisories, and closed ones that still owe mail, with their
-        messages (brought in line with the lists first when `sync`)."""
+        messages (brought in line with the lists first when `sync`); only
+        those in `only` when it is given."""
         owing = self.store.advisories_with_messages_in(SENDABLE)
         for record in self.store.list_advisories():
+            if only is not None and record.id not in only:
+                continue
             if record.state.is_open and sync:
                 yield record, self._sync(record, now)
             elif record.state.is_open or record.id in owing:
@@ -355,13 +364,16 @@ class Dispatcher:
             if m.state in SENDABLE and versions.get(m.message_id) == record.version
         ]
 
-    async def _prepare(
-        self, record: AdvisoryRecord, messages: Sequence[MessageRecord], now: datetime
+    def _unprepared(
+        self,
+        record: AdvisoryRecord,
+        messages: Sequence[MessageRecord],
+        versions: dict[str, int],
+        now: datetime,
     ) -> list[MessageRecord]:
-        """Build the bytes of every sendable message not yet prepared from this
-        version of the advisory (gpg in the pool); returns those ready to send."""
-        versions = self.store.payload_versions(record.id)
-        todo = [
+        """Sendable messages whose bytes are not yet built from this version of
+        the advisory, and may be built now."""
+        return [
             m
             for m in messages
             if m.state in SENDABLE
@@ -369,6 +381,14 @@ class Dispatcher:
             # The disclosure is the advisory in clear: never at rest before its time.
             and (m.kind is not MessageKind.DISCLOSURE or now >= record.plan.disclose_at)
         ]
+
+    async def _prepare(
+        self, record: AdvisoryRecord, messages: Sequence[MessageRecord], now: datetime
+    ) -> list[MessageRecord]:
+        """Build the bytes of every sendable message not yet prepared from this
+        version of the advisory (gpg in the pool); returns those ready to send."""
+        versions = self.store.payload_versions(record.id)
+        todo = self._unprepared(record, messages, versions, now)
         if todo:
             await self._compose_all(record, todo, versions, now)
         return self._ready(record, messages, versions)
@@ -437,23 +457,50 @@ class Dispatcher:
         return self.composer.encrypted(m, text, [], now, now)
 
     # -- releasing -----------------------------------------------------------------
-    async def _release(self, items: Sequence[tuple[AdvisoryRecord, MessageRecord]]) -> None:
+    async def _release(self, items: Sequence[tuple[AdvisoryRecord, MessageRecord]]) -> set[str]:
         """Send `items` over up to `connections` transactions at once: one
-        sender per connection takes the next item when its last is done."""
+        sender per connection takes the next item when its last is done. Logs
+        one line per advisory (the store keeps each message's receipt), and
+        alerts the WG of what was blocked or failed; returns the advisories
+        that got new alerts (to be prepared)."""
         if not items:
-            return
+            return set()
         todo = iter(items)
-        await asyncio.gather(
-            *(self._sender(todo) for _ in range(min(self.connections, len(items))))
-        )
+        done: list[MessageRecord] = []
+        senders = min(self.connections, len(items))
+        await asyncio.gather(*(self._sender(todo, done) for _ in range(senders)))
+        records = {r.id: r for r, _ in items}
+        by_advisory: dict[str, list[MessageRecord]] = {}
+        for m in done:
+            by_advisory.setdefault(m.advisory_id, []).append(m)
         now = self.clock()
-        for record in {r.id: r for r, _ in items}.values():
-            self._alert_problems(record, self.store.messages(record.id), now)
+        alerted = set()
+        for advisory_id, sent in by_advisory.items():
+            counts = _counts(sent, tuple(MessageKind))
+            log.info("released", advisory=advisory_id, **counts)
+            problems = [m for m in sent if m.state is not MessageState.ACCEPTED]
+            for m in problems:
+                log.warning(
+                    "not-accepted",
+                    advisory=advisory_id,
+                    kind=m.kind.value,
+                    message=m.message_id,
+                    state=m.state.value,
+                    code=m.smtp_code,
+                )
+            if any(m.state in (MessageState.BLOCKED, MessageState.FAILED) for m in problems):
+                record = records[advisory_id]
+                if self._alert_problems(record, self.store.messages(advisory_id), now):
+                    alerted.add(advisory_id)
+        return alerted
 
-    async def _sender(self, todo: Iterator[tuple[AdvisoryRecord, MessageRecord]]) -> None:
+    async def _sender(
+        self, todo: Iterator[tuple[AdvisoryRecord, MessageRecord]], done: list[MessageRecord]
+    ) -> None:
         """One connection's share. A message's outcome is committed with the
         claim of the next (or on its own after the last), so this sender
-        never has more than one message `sending`."""
+        never has more than one message `sending`. Appends to `done` what it
+        committed: outcomes, and messages it found blocked."""
         outcome: MessageRecord | None = None  # sent, its outcome not yet committed
         for record, m in todo:
             if self.stopping():
@@ -467,7 +514,10 @@ class Dispatcher:
                 continue  # too late to matter; marked failed when the advisory is disclosed
             if m.kind is MessageKind.NOTICE and (problem := self._key_problem(m.fingerprint, now)):
                 blocked = replace(m, state=MessageState.BLOCKED, detail=problem)
-                await self._journal.commit(outcome, (blocked, record.version))
+                if await self._journal.commit(outcome, (blocked, record.version)):
+                    done.append(blocked)
+                if outcome is not None:
+                    done.append(outcome)
                 outcome = None
                 continue
             stored = self.store.payload(m.message_id)
@@ -475,6 +525,8 @@ class Dispatcher:
                 continue
             sending = replace(m, state=MessageState.SENDING, attempts=m.attempts + 1)
             claimed = await self._journal.commit(outcome, (sending, record.version))
+            if outcome is not None:
+                done.append(outcome)
             outcome = None
             if not claimed:
                 continue  # changed meanwhile (a CLI change wins): the next tick decides
@@ -482,16 +534,9 @@ class Dispatcher:
                 Envelope(self.envelope_sender, m.address, stored[1], envid=m.envid)
             )
             outcome = self._outcome(record, sending, result)
-            log.info(
-                "sent",
-                advisory=record.id,
-                kind=m.kind.value,
-                message=m.message_id,
-                state=outcome.state.value,
-                code=result.code,
-            )
         if outcome is not None:
             await self._journal.commit(outcome)
+            done.append(outcome)
 
     def _outcome(self, record: AdvisoryRecord, m: MessageRecord, r: SendResult) -> MessageRecord:
         now = self.clock()
