@@ -127,7 +127,12 @@ class Dispatcher:
     pool: Executor
     connections: int = 4
     stopping: Callable[[], bool] = lambda: False  # SIGTERM: start no new transaction
+    keys_version: Callable[[], object] = lambda: None  # changes when the keyring changes
     _journal: Journal = field(init=False)
+    # What the last sync with the orgs list and keys was judged on (None: never synced),
+    # and the earliest key expiry it saw ahead (its verdicts hold until then).
+    _synced: tuple[object, ...] | None = field(init=False, default=None)
+    _sync_until: datetime | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self._journal = Journal(self.store)
@@ -161,12 +166,15 @@ class Dispatcher:
         now = self.clock()
         due_now = []
         unprepared: set[str] = set()
-        for record, messages in self._work(now, sync=True):
+        sync = self._sync_state(now)
+        for record, messages in self._work(now, sync=sync is not None):
             versions = self.store.payload_versions(record.id)
             ready = self._ready(record, messages, versions)
             due_now += due(self.clock(), [(record, m) for m in ready])
             if self._unprepared(record, messages, versions, now):
                 unprepared.add(record.id)
+        if sync is not None:
+            self._synced = sync
         unprepared |= await self._release(due_now)
         due_now = []
         for record, messages in self._work(now, sync=False, only=unprepared):
@@ -177,6 +185,26 @@ class Dispatcher:
             if record.state.is_open:
                 self._advance(record, self.clock())
         return self._next_wake(self.clock())
+
+    def _sync_state(self, now: datetime) -> tuple[object, ...] | None:
+        """What a sync with the orgs list and keys would be judged on now, or None
+        if the last sync's verdicts all still hold and this tick may skip it: a
+        sync runs on the first tick (it cancels what was removed while maild was
+        down), then whenever another process (the CLI) committed a change, the
+        keyring or the orgs or announce list changed, a key the last sync judged
+        has expired since, or `resync()` was called. maild's own writes in a
+        release or a state change never undo a sync's verdicts."""
+        state = (self.store.data_version(), self.keys_version(), id(self.orgs), id(self.announce))
+        if state == self._synced and (self._sync_until is None or now < self._sync_until):
+            return None
+        self._synced, self._sync_until = None, None
+        return state
+
+    def resync(self) -> None:
+        """Make the next tick sync. Anything in this process that adds or changes
+        advisories through the daemon's own store connection must call it (the
+        store's data_version only counts other connections' commits)."""
+        self._synced = None
 
     def _work(
         self, now: datetime, *, sync: bool, only: set[str] | None = None
@@ -540,22 +568,43 @@ class Dispatcher:
 
     def _outcome(self, record: AdvisoryRecord, m: MessageRecord, r: SendResult) -> MessageRecord:
         now = self.clock()
-        base = replace(m, smtp_code=r.code, smtp_response=r.response)
         if r.outcome is Outcome.ACCEPTED:
             return replace(
-                base, state=MessageState.ACCEPTED, sent_at=now, detail=None, next_attempt_at=None
+                m,
+                state=MessageState.ACCEPTED,
+                sent_at=now,
+                detail=None,
+                next_attempt_at=None,
+                smtp_code=r.code,
+                smtp_response=r.response,
             )
         if r.outcome is Outcome.FAILED:
-            return replace(base, state=MessageState.FAILED, detail=r.response, next_attempt_at=None)
+            return replace(
+                m,
+                state=MessageState.FAILED,
+                detail=r.response,
+                next_attempt_at=None,
+                smtp_code=r.code,
+                smtp_response=r.response,
+            )
         retry = now + backoff(m.attempts)
         if m.kind in EMBARGOED_MAIL and retry >= record.plan.disclose_at:
             return replace(
-                base,
+                m,
                 state=MessageState.FAILED,
                 detail=f"not delivered before disclosure: {r.response}",
                 next_attempt_at=None,
+                smtp_code=r.code,
+                smtp_response=r.response,
             )
-        return replace(base, state=MessageState.DEFERRED, detail=r.response, next_attempt_at=retry)
+        return replace(
+            m,
+            state=MessageState.DEFERRED,
+            detail=r.response,
+            next_attempt_at=retry,
+            smtp_code=r.code,
+            smtp_response=r.response,
+        )
 
     # -- advisory states --------------------------------------------------------------
     def _advance(self, record: AdvisoryRecord, now: datetime) -> bool:
@@ -647,6 +696,10 @@ class Dispatcher:
             return health.problem()
         if health.expires_at is not None and health.expires_at <= now:
             return f"key expired on {health.expires_at.date()}"
+        if health.expires_at is not None and (
+            self._sync_until is None or health.expires_at < self._sync_until
+        ):
+            self._sync_until = health.expires_at  # judge the keys again from then on
         return None
 
 
