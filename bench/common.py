@@ -20,7 +20,7 @@ _DEVNULL = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 (open for the
 
 
 def configure_logging() -> None:
-    """The daemon's own logging (JSON lines, every level), written to /dev/null.
+    """The daemon's own logging (JSON lines, info and up), written to /dev/null.
 
     `maild run` renders a JSON line per message sent; the benchmarks keep that cost
     (it is part of a release) but not the noise.
@@ -32,6 +32,8 @@ def configure_logging() -> None:
             structlog.processors.JSONRenderer(sort_keys=True),
         ],
         logger_factory=structlog.PrintLoggerFactory(_DEVNULL),
+        # As `maild run` does: debug lines (the smarthost's per-send line) are dropped.
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
         cache_logger_on_first_use=True,
     )
     logging.basicConfig(level=logging.ERROR, stream=sys.stderr)
@@ -158,7 +160,8 @@ class Timer:
 
 
 class Marks:
-    """When an async method of one object was entered and left (the last call)."""
+    """When an async method of one object was entered and left: the first call whose
+    first argument is non-empty (e.g. the `_release` that really sends something)."""
 
     def __init__(self, obj: object, name: str) -> None:
         self.entered = self.left = 0.0
@@ -166,6 +169,8 @@ class Marks:
         original = getattr(obj, name)
 
         async def marked(*args: object, **kwargs: object) -> object:
+            if self.entered or not (args and args[0]):
+                return await original(*args, **kwargs)
             self.entered = time.perf_counter()
             try:
                 return await original(*args, **kwargs)

@@ -450,3 +450,54 @@ def test_a_cancel_during_the_release_stops_what_was_not_yet_sent(
     others = [k for k in states if k[0] != first and k[1] == "original"]
     assert others and all(states[k] is MessageState.CANCELLED for k in others)
     assert [r.rcpt_tos[0] for r in harness.sink.sink.received] == [first, first]
+
+
+def test_the_sync_is_skipped_only_while_nothing_it_judged_changed(
+    harness: Harness, cli: CLI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After the first tick, a tick brings the advisories in line with the orgs
+    list and keys again only when the CLI committed a change, the keyring
+    changed, or a key it judged has expired since; a key expiring between two
+    ticks blocks its notice (and alerts the WG) before the notice time."""
+    syncs: list[str] = []
+    real_sync = harness.dispatcher._sync
+    monkeypatch.setattr(
+        harness.dispatcher, "_sync", lambda r, now: syncs.append(r.id) or real_sync(r, now)
+    )
+    adv = the_id(harness)
+    harness.tick()
+    harness.tick()
+    assert syncs.count(adv) == 1
+    result = cli("--config", str(harness.world.config), "submit", str(harness.world.advisory()))
+    assert result.code == 0, result.err
+    harness.tick()
+    assert syncs.count(adv) == 2  # the CLI committed a change
+    harness.setup.keyring.refresh()
+    harness.tick()
+    assert syncs.count(adv) == 3
+    harness.tick()
+    assert syncs.count(adv) == 3
+
+    good = harness.world.keys.fpr["good"]
+    expires = harness.clock.now + timedelta(hours=1)
+    real_health = harness.dispatcher.key_health
+
+    def health(fpr: str) -> Any:
+        got = real_health(fpr)
+        if fpr != good:
+            return got
+        gone = harness.clock.now >= expires
+        return replace(got, expires_at=expires, expired=gone, can_encrypt=not gone)
+
+    harness.dispatcher.key_health = health
+    harness.dispatcher.resync()
+    harness.tick()
+    assert syncs.count(adv) == 4
+    alerts = len(harness.received("m@wg.example"))
+    harness.clock.now = expires
+    harness.tick()
+    assert syncs.count(adv) == 5  # the key expired since the last sync: judged again
+    (m,) = [m for m in harness.messages(adv) if m.address == "sec@good.example"]
+    assert m.state is MessageState.BLOCKED
+    assert harness.received("sec@good.example") == []
+    assert len(harness.received("m@wg.example")) == alerts + 1

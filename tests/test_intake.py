@@ -293,3 +293,15 @@ def test_a_global_dsn_is_matched_by_message_id(intake: Intake) -> None:
     assert intake.send(report)[0] == 250
     (updated,) = intake.setup.store.find_messages(envid=notice.envid)
     assert updated.dsn == "failed" and "5.2.2" in (updated.detail or "")
+
+
+def test_an_advisory_by_mail_gets_its_public_mail_on_the_next_tick(intake: Intake) -> None:
+    """A running dispatcher skips its sync when nothing changed; mail taken
+    in through the daemon's own store must still make the next tick add the
+    advisory's pre-announcement and disclosure."""
+    intake.tick()  # a first sync, with nothing queued
+    intake.send(member_mail(intake.who, advisory_text(intake.world)))
+    intake.tick()
+    (record,) = intake.setup.store.list_advisories()
+    kinds = {m.kind for m in intake.setup.store.messages(record.id)}
+    assert {MessageKind.PREANNOUNCEMENT, MessageKind.DISCLOSURE} <= kinds

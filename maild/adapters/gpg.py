@@ -547,6 +547,11 @@ class Keyring:
 
     # ------------------------------------------------------------------- health
 
+    @property
+    def generation(self) -> int:
+        """Changes whenever the cached listings are dropped (see `refresh`)."""
+        return self._generation
+
     def refresh(self) -> None:
         """Forget every cached key listing; the next look at each key asks gpg again.
 

@@ -70,6 +70,7 @@ def build(setup: Setup, clock: Callable[[], datetime], pool: ThreadPoolExecutor)
         return setup.keyring.health(fingerprint, clock())
 
     members = [Member(fpr, _address(health(fpr).uids)) for fpr in cfg.intake.members]
+    folder = setup.folder.fingerprints  # imported once, at start
     password = None
     if cfg.smtp.password_file is not None:
         try:
@@ -89,7 +90,8 @@ def build(setup: Setup, clock: Callable[[], datetime], pool: ThreadPoolExecutor)
         smarthost=Smarthost(cfg.smtp, local_hostname=domain, password=password),
         orgs=setup.orgs,
         key_health=health,
-        in_keys_folder=lambda fpr: fpr in setup.folder.fingerprints,
+        in_keys_folder=lambda fpr: fpr in folder,
+        keys_version=lambda: setup.keyring.generation,
         members=members,
         announce=cfg.announce.addresses,
         blog_dir=cfg.announce.blog_dir,

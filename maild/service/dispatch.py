@@ -52,56 +52,54 @@ class Smarthost(Protocol):
 
 
 class Journal:
-    """Group commit for receipts. A release's writes that arrive together
-    share one transaction, so many messages cost far fewer fsyncs. Each call
-    returns only once its write is committed.
+    """Group commit for receipts. The writes that arrive together share one
+    transaction, so many messages cost far fewer fsyncs. `commit` returns only
+    once its write is committed.
 
-    `claim` marks a message `sending` before its SMTP transaction, and takes
-    only if the message is still queued or deferred and its advisory has not
-    changed since it was read (a CLI change wins); `record` stores an outcome,
-    only onto a message that is still `sending`."""
+    A write holds a claim, an outcome, or both. A claim marks a message
+    `sending` before its SMTP transaction, and takes only if the message is
+    still queued or deferred and its advisory has not changed since it was
+    read (a CLI change wins); an outcome lands only on a message that is
+    still `sending`. A connection writes the outcome of the message it just
+    sent together with the claim of its next one: one transaction per message
+    and connection, and still at most one message `sending` per connection."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self._claims: list[tuple[MessageRecord, int, asyncio.Future[bool]]] = []
-        self._outcomes: list[tuple[MessageRecord, asyncio.Future[bool]]] = []
+        self._claims: list[tuple[MessageRecord, int]] = []
+        self._outcomes: list[MessageRecord] = []
+        self._waiting: list[tuple[str | None, asyncio.Future[bool]]] = []
         self._flusher: asyncio.Task[None] | None = None
 
-    async def claim(self, message: MessageRecord, advisory_version: int) -> bool:
-        done = self._future()
-        self._claims.append((message, advisory_version, done))
-        return await done
-
-    async def record(self, message: MessageRecord) -> None:
-        done = self._future()
-        self._outcomes.append((message, done))
-        await done
-
-    def _future(self) -> asyncio.Future[bool]:
+    async def commit(
+        self, outcome: MessageRecord | None, claim: tuple[MessageRecord, int] | None = None
+    ) -> bool:
+        """Write `outcome` and `claim` in one transaction; True if the claim took."""
         loop = asyncio.get_running_loop()
+        done: asyncio.Future[bool] = loop.create_future()
+        if outcome is not None:
+            self._outcomes.append(outcome)
+        if claim is not None:
+            self._claims.append(claim)
+        self._waiting.append((None if claim is None else claim[0].message_id, done))
         if self._flusher is None:
             self._flusher = loop.create_task(self._flush())
-        return loop.create_future()
+        return await done
 
     async def _flush(self) -> None:
         await asyncio.sleep(0)  # let the writes that are ready now join this batch
         try:
-            while self._claims or self._outcomes:
-                claims, outcomes = self._claims, self._outcomes
-                self._claims, self._outcomes = [], []
-                futures = [f for _, _, f in claims] + [f for _, f in outcomes]
+            while self._waiting:
+                claims, outcomes, waiting = self._claims, self._outcomes, self._waiting
+                self._claims, self._outcomes, self._waiting = [], [], []
                 try:
-                    taken = self.store.commit_receipts(
-                        [m for m, _ in outcomes], [(m, v) for m, v, _ in claims]
-                    )
+                    taken = self.store.commit_receipts(outcomes, claims)
                 except Exception as exc:
-                    for f in futures:
+                    for _, f in waiting:
                         f.set_exception(exc)
                     continue
-                for m, _, f in claims:
-                    f.set_result(m.message_id in taken)
-                for _, f in outcomes:
-                    f.set_result(True)
+                for claimed, f in waiting:
+                    f.set_result(claimed in taken)
         finally:
             self._flusher = None
 
@@ -131,8 +129,13 @@ class Dispatcher:
     pool: Executor
     connections: int = 4
     stopping: Callable[[], bool] = lambda: False  # SIGTERM: start no new transaction
+    keys_version: Callable[[], object] = lambda: None  # changes when the keyring changes
     _journal: Journal = field(init=False)
     _touched: set[str] = field(init=False, default_factory=set)
+    # What the last sync with the orgs list and keys was judged on (None: never synced),
+    # and the earliest key expiry it saw ahead (its verdicts hold until then).
+    _synced: tuple[object, ...] | None = field(init=False, default=None)
+    _sync_until: datetime | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self._journal = Journal(self.store)
@@ -157,8 +160,10 @@ class Dispatcher:
         return len(stuck)
 
     def touch(self, advisory_id: str | None) -> None:
-        """Mail intake changed this advisory's receipts (a DSN): look at its
-        alerts on the next tick."""
+        """Mail intake changed something through this process's own store
+        connection (an advisory by mail, a command, a DSN): the next tick
+        syncs, and looks at the advisory's alerts."""
+        self.resync()
         if advisory_id is not None:
             self._touched.add(advisory_id)
 
@@ -167,18 +172,27 @@ class Dispatcher:
         it), prepare the rest and release what that made ready, advance the
         advisories, and return the next future instant anything is due (None:
         nothing waits). Each advisory is read a few times per pass, never the
-        whole queue at once, so memory stays flat however long it is."""
+        whole queue at once, so memory stays flat however long it is; one
+        with nothing left to prepare is not read again to prepare it."""
         now = self.clock()
         for advisory_id in sorted(self._touched):
             self._touched.discard(advisory_id)
             if (touched := self.store.get_advisory(advisory_id)) is not None:
                 self._alert_problems(touched, self.store.messages(advisory_id), now)
         due_now = []
-        for record, messages in self._work(now, sync=True):
-            due_now += due(self.clock(), [(record, m) for m in self._ready(record, messages)])
-        await self._release(due_now)
+        unprepared: set[str] = set()
+        sync = self._sync_state(now)
+        for record, messages in self._work(now, sync=sync is not None):
+            versions = self.store.payload_versions(record.id)
+            ready = self._ready(record, messages, versions)
+            due_now += due(self.clock(), [(record, m) for m in ready])
+            if self._unprepared(record, messages, versions, now):
+                unprepared.add(record.id)
+        if sync is not None:
+            self._synced = sync
+        unprepared |= await self._release(due_now)
         due_now = []
-        for record, messages in self._work(now, sync=False):
+        for record, messages in self._work(now, sync=False, only=unprepared):
             ready = await self._prepare(record, messages, now)
             due_now += due(self.clock(), [(record, m) for m in ready])
         await self._release(due_now)
@@ -188,13 +202,36 @@ class Dispatcher:
         await self._prepare_alerts_and_replies(now)
         return self._next_wake(self.clock())
 
+    def _sync_state(self, now: datetime) -> tuple[object, ...] | None:
+        """What a sync with the orgs list and keys would be judged on now, or None
+        if the last sync's verdicts all still hold and this tick may skip it: a
+        sync runs on the first tick (it cancels what was removed while maild was
+        down), then whenever another process (the CLI) committed a change, the
+        keyring or the orgs or announce list changed, a key the last sync judged
+        has expired since, or `resync()` was called. maild's own writes in a
+        release or a state change never undo a sync's verdicts."""
+        state = (self.store.data_version(), self.keys_version(), id(self.orgs), id(self.announce))
+        if state == self._synced and (self._sync_until is None or now < self._sync_until):
+            return None
+        self._synced, self._sync_until = None, None
+        return state
+
+    def resync(self) -> None:
+        """Make the next tick sync. Anything in this process that adds or changes
+        advisories through the daemon's own store connection must call it (the
+        store's data_version only counts other connections' commits)."""
+        self._synced = None
+
     def _work(
-        self, now: datetime, *, sync: bool
+        self, now: datetime, *, sync: bool, only: set[str] | None = None
     ) -> Iterator[tuple[AdvisoryRecord, list[MessageRecord]]]:
         """Open advisories, and closed ones that still owe mail, with their
-        messages (brought in line with the lists first when `sync`)."""
+        messages (brought in line with the lists first when `sync`); only
+        those in `only` when it is given."""
         owing = self.store.advisories_with_messages_in(SENDABLE)
         for record in self.store.list_advisories():
+            if only is not None and record.id not in only:
+                continue
             if record.state.is_open and sync:
                 yield record, self._sync(record, now)
             elif record.state.is_open or record.id in owing:
@@ -430,13 +467,16 @@ class Dispatcher:
             and versions.get(m.message_id) == record.version
         ]
 
-    async def _prepare(
-        self, record: AdvisoryRecord, messages: Sequence[MessageRecord], now: datetime
+    def _unprepared(
+        self,
+        record: AdvisoryRecord,
+        messages: Sequence[MessageRecord],
+        versions: dict[str, int],
+        now: datetime,
     ) -> list[MessageRecord]:
-        """Build the bytes of every sendable message not yet prepared from this
-        version of the advisory (gpg in the pool); returns those ready to send."""
-        versions = self.store.payload_versions(record.id)
-        todo = [
+        """Sendable messages whose bytes are not yet built from this version of
+        the advisory, and may be built now."""
+        return [
             m
             for m in messages
             if m.state in SENDABLE
@@ -445,6 +485,14 @@ class Dispatcher:
             # The disclosure is the advisory in clear: never at rest before its time.
             and (m.kind is not MessageKind.DISCLOSURE or now >= record.plan.disclose_at)
         ]
+
+    async def _prepare(
+        self, record: AdvisoryRecord, messages: Sequence[MessageRecord], now: datetime
+    ) -> list[MessageRecord]:
+        """Build the bytes of every sendable message not yet prepared from this
+        version of the advisory (gpg in the pool); returns those ready to send."""
+        versions = self.store.payload_versions(record.id)
+        todo = self._unprepared(record, messages, versions, now)
         if todo:
             await self._compose_all(record, todo, versions, now)
         return self._ready(record, messages, versions)
@@ -513,72 +561,127 @@ class Dispatcher:
         return self.composer.encrypted(m, text, [], now, now)
 
     # -- releasing -----------------------------------------------------------------
-    async def _release(self, items: Sequence[tuple[AdvisoryRecord, MessageRecord]]) -> None:
+    async def _release(self, items: Sequence[tuple[AdvisoryRecord, MessageRecord]]) -> set[str]:
+        """Send `items` over up to `connections` transactions at once: one
+        sender per connection takes the next item when its last is done. Logs
+        one line per advisory (the store keeps each message's receipt), and
+        alerts the WG of what was blocked or failed; returns the advisories
+        that got new alerts (to be prepared)."""
         if not items:
-            return
-        gate = asyncio.Semaphore(self.connections)
-
-        async def one(record: AdvisoryRecord, m: MessageRecord) -> None:
-            async with gate:
-                await self._send(record, m)
-
-        await asyncio.gather(*(one(r, m) for r, m in items))
+            return set()
+        todo = iter(items)
+        done: list[MessageRecord] = []
+        senders = min(self.connections, len(items))
+        await asyncio.gather(*(self._sender(todo, done) for _ in range(senders)))
+        records = {r.id: r for r, _ in items}
+        by_advisory: dict[str, list[MessageRecord]] = {}
+        for m in done:
+            if m.advisory_id is not None:  # always, for an advisory's own mail
+                by_advisory.setdefault(m.advisory_id, []).append(m)
         now = self.clock()
-        for record in {r.id: r for r, _ in items}.values():
-            self._alert_problems(record, self.store.messages(record.id), now)
+        alerted = set()
+        for advisory_id, sent in by_advisory.items():
+            counts = _counts(sent, tuple(MessageKind))
+            log.info("released", advisory=advisory_id, **counts)
+            problems = [m for m in sent if m.state is not MessageState.ACCEPTED]
+            for m in problems:
+                log.warning(
+                    "not-accepted",
+                    advisory=advisory_id,
+                    kind=m.kind.value,
+                    message=m.message_id,
+                    state=m.state.value,
+                    code=m.smtp_code,
+                )
+            if any(m.state in (MessageState.BLOCKED, MessageState.FAILED) for m in problems):
+                record = records[advisory_id]
+                if self._alert_problems(record, self.store.messages(advisory_id), now):
+                    alerted.add(advisory_id)
+        return alerted
 
-    async def _send(self, record: AdvisoryRecord, m: MessageRecord) -> None:
-        if self.stopping():
-            return  # left queued; sent when maild starts again
-        now = self.clock()  # the wall clock right before the send: never early
-        when = due_time(record, m)
-        if when is None or when > now:
-            return
-        withdrawal = m.purpose is MessagePurpose.WITHDRAWAL
-        if m.kind in EMBARGOED_MAIL and now >= record.plan.disclose_at and not withdrawal:
-            return  # too late to matter; marked failed when the advisory is disclosed
-        if m.kind is MessageKind.NOTICE and (problem := self._key_problem(m.fingerprint, now)):
-            blocked = replace(m, state=MessageState.BLOCKED, detail=problem)
-            await self._journal.claim(blocked, record.version)
-            return
-        stored = self.store.payload(m.message_id)
-        if stored is None or stored[0] != record.version:
-            return
-        sending = replace(m, state=MessageState.SENDING, attempts=m.attempts + 1)
-        if not await self._journal.claim(sending, record.version):
-            return  # changed meanwhile (a CLI change wins): the next tick decides
-        result = await self.smarthost.send(
-            Envelope(self.envelope_sender, m.address, stored[1], envid=m.envid)
-        )
-        done = self._outcome(record, sending, result)
-        await self._journal.record(done)
-        log.info(
-            "sent",
-            advisory=record.id,
-            kind=m.kind.value,
-            message=m.message_id,
-            state=done.state.value,
-            code=result.code,
-        )
+    async def _sender(
+        self, todo: Iterator[tuple[AdvisoryRecord, MessageRecord]], done: list[MessageRecord]
+    ) -> None:
+        """One connection's share. A message's outcome is committed with the
+        claim of the next (or on its own after the last), so this sender
+        never has more than one message `sending`. Appends to `done` what it
+        committed: outcomes, and messages it found blocked."""
+        outcome: MessageRecord | None = None  # sent, its outcome not yet committed
+        for record, m in todo:
+            if self.stopping():
+                break  # left queued; sent when maild starts again
+            now = self.clock()  # the wall clock right before the send: never early
+            when = due_time(record, m)
+            if when is None or when > now:
+                continue
+            withdrawal = m.purpose is MessagePurpose.WITHDRAWAL
+            if m.kind in EMBARGOED_MAIL and now >= record.plan.disclose_at and not withdrawal:
+                continue  # too late to matter; marked failed when the advisory is disclosed
+            if m.kind is MessageKind.NOTICE and (problem := self._key_problem(m.fingerprint, now)):
+                blocked = replace(m, state=MessageState.BLOCKED, detail=problem)
+                if await self._journal.commit(outcome, (blocked, record.version)):
+                    done.append(blocked)
+                if outcome is not None:
+                    done.append(outcome)
+                outcome = None
+                continue
+            stored = self.store.payload(m.message_id)
+            if stored is None or stored[0] != record.version:
+                continue
+            sending = replace(m, state=MessageState.SENDING, attempts=m.attempts + 1)
+            claimed = await self._journal.commit(outcome, (sending, record.version))
+            if outcome is not None:
+                done.append(outcome)
+            outcome = None
+            if not claimed:
+                continue  # changed meanwhile (a CLI change wins): the next tick decides
+            result = await self.smarthost.send(
+                Envelope(self.envelope_sender, m.address, stored[1], envid=m.envid)
+            )
+            outcome = self._outcome(record, sending, result)
+        if outcome is not None:
+            await self._journal.commit(outcome)
+            done.append(outcome)
 
     def _outcome(self, record: AdvisoryRecord, m: MessageRecord, r: SendResult) -> MessageRecord:
         now = self.clock()
-        base = replace(m, smtp_code=r.code, smtp_response=r.response)
         if r.outcome is Outcome.ACCEPTED:
             return replace(
-                base, state=MessageState.ACCEPTED, sent_at=now, detail=None, next_attempt_at=None
+                m,
+                state=MessageState.ACCEPTED,
+                sent_at=now,
+                detail=None,
+                next_attempt_at=None,
+                smtp_code=r.code,
+                smtp_response=r.response,
             )
         if r.outcome is Outcome.FAILED:
-            return replace(base, state=MessageState.FAILED, detail=r.response, next_attempt_at=None)
+            return replace(
+                m,
+                state=MessageState.FAILED,
+                detail=r.response,
+                next_attempt_at=None,
+                smtp_code=r.code,
+                smtp_response=r.response,
+            )
         retry = now + backoff(m.attempts)
         if m.kind in EMBARGOED_MAIL and retry >= record.plan.disclose_at:
             return replace(
-                base,
+                m,
                 state=MessageState.FAILED,
                 detail=f"not delivered before disclosure: {r.response}",
                 next_attempt_at=None,
+                smtp_code=r.code,
+                smtp_response=r.response,
             )
-        return replace(base, state=MessageState.DEFERRED, detail=r.response, next_attempt_at=retry)
+        return replace(
+            m,
+            state=MessageState.DEFERRED,
+            detail=r.response,
+            next_attempt_at=retry,
+            smtp_code=r.code,
+            smtp_response=r.response,
+        )
 
     # -- advisory states --------------------------------------------------------------
     def _advance(self, record: AdvisoryRecord, now: datetime) -> bool:
@@ -670,6 +773,10 @@ class Dispatcher:
             return health.problem()
         if health.expires_at is not None and health.expires_at <= now:
             return f"key expired on {health.expires_at.date()}"
+        if health.expires_at is not None and (
+            self._sync_until is None or health.expires_at < self._sync_until
+        ):
+            self._sync_until = health.expires_at  # judge the keys again from then on
         return None
 
 
