@@ -119,6 +119,16 @@ def test_defaults_for_optional_fields() -> None:
             "adv.md:3: title: must be one line",
         ),
         (
+            'title = "Out-of-bounds write in slice::sort"',
+            'title = "a\\u0085Bcc: x@y.org"',
+            "adv.md:3: title: must be one line",
+        ),
+        (
+            'component = "standard library"',
+            'component = "std\\u2028Bcc: x@y.org"',
+            "adv.md:6: component: must be one line",
+        ),
+        (
             "exploited = false",
             "exploited = false\nnotify_days = 7",
             "adv.md:8: notify_days: needs reporter_approval",

@@ -79,7 +79,7 @@ class Table:
             raise self.error(key, f"must be a string, not {_kind(value)}")
         if not value.strip():
             raise self.error(key, "must not be empty")
-        if single_line and any(ord(c) < 32 or ord(c) == 127 for c in value):
+        if single_line and any(_breaks_line(c) for c in value):
             raise self.error(key, "must be one line with no control characters")
         return value
 
@@ -197,3 +197,11 @@ def _kind(value: object) -> str:
         date: "a date",
     }
     return names.get(type(value), type(value).__name__)
+
+
+def _breaks_line(ch: str) -> bool:
+    """A control character (C0, DEL, C1 such as NEL) or a Unicode line or
+    paragraph separator: none may reach a one-line value, which may later
+    become a mail header."""
+    code = ord(ch)
+    return code < 32 or 0x7F <= code < 0xA0 or ch in "\u2028\u2029"
