@@ -170,3 +170,58 @@ def member_mail(
     """A member's mail as it should be: signed and encrypted in one (RFC 3156 6.2)."""
     inner = payload(body, subject=subject, attachments=attachments)
     return pgp_mime(who.encrypt(inner, sign_as=sign_as, created=created))
+
+
+# -- building blocks for hostile and unusual mail -------------------------------------
+
+
+def text_part(body: str | bytes, charset: str = "utf-8") -> bytes:
+    """A text/plain MIME part (8bit), its lines made CRLF."""
+    raw = body.encode() if isinstance(body, str) else body
+    raw = raw.replace(b"\r\n", b"\n").replace(b"\n", CRLF)
+    head = b'Content-Type: text/plain; charset="' + charset.encode() + b'"'
+    return head + CRLF + b"Content-Transfer-Encoding: 8bit" + CRLF + CRLF + raw
+
+
+def rfc822_part(message: bytes) -> bytes:
+    """A forwarded message: a message/rfc822 part holding `message` as it is."""
+    head = b"Content-Type: message/rfc822" + CRLF + b"Content-Disposition: inline"
+    return head + CRLF + CRLF + message
+
+
+def mixed(
+    parts: Sequence[bytes],
+    head: Sequence[bytes] = (b"MIME-Version: 1.0",),
+    boundary: bytes = b"mixed-bnd-3",
+) -> bytes:
+    """multipart/mixed of `parts` (each a complete MIME part), after the fields in `head`."""
+    fields = [*head, b'Content-Type: multipart/mixed; boundary="' + boundary + b'"']
+    return multipart(fields, boundary, parts)
+
+
+def plain_mail(body: bytes, **headers: str) -> bytes:
+    """A complete text/plain mail with ordinary outer headers (no OpenPGP at all)."""
+    head = [*envelope_headers(**headers), b'Content-Type: text/plain; charset="utf-8"']
+    return CRLF.join(head) + CRLF + CRLF + body.replace(b"\r\n", b"\n").replace(b"\n", CRLF)
+
+
+def signed_entity(
+    who: Correspondent, part: bytes, sign_as: str, created: datetime | None = None
+) -> bytes:
+    """RFC 3156 multipart/signed entity (no envelope headers) over `part`, as the inner
+    payload of the signed-then-encrypted form (RFC 3156 section 6.1)."""
+    signature = who.detach_sign(part, sign_as, created)
+    return signed_mime(part, signature, head=[b"MIME-Version: 1.0"])
+
+
+def signed_then_encrypted(
+    who: Correspondent,
+    part: bytes,
+    sign_as: str,
+    *,
+    created: datetime | None = None,
+    **headers: str,
+) -> bytes:
+    """A member-style mail in the RFC 3156 section 6.1 form: a detached signature made
+    at `created` (gpg's faked time), then encrypted now to maild (unsigned outside)."""
+    return pgp_mime(who.encrypt(signed_entity(who, part, sign_as, created)), **headers)

@@ -22,7 +22,14 @@ from maild.service.clock import ManualClock
 from maild.service.daemon import build, build_intake, listener_config
 from maild.service.dispatch import Dispatcher
 from maild.service.setup import Setup
-from tests.mailfactory import Correspondent, correspondent, member_mail
+from tests.mailfactory import (
+    Correspondent,
+    correspondent,
+    member_mail,
+    payload,
+    pgp_mime,
+    signed_entity,
+)
 from tests.world import World
 
 
@@ -305,3 +312,16 @@ def test_an_advisory_by_mail_gets_its_public_mail_on_the_next_tick(intake: Intak
     (record,) = intake.setup.store.list_advisories()
     kinds = {m.kind for m in intake.setup.store.messages(record.id)}
     assert {MessageKind.PREANNOUNCEMENT, MessageKind.DISCLOSURE} <= kinds
+
+
+def test_a_members_mail_seen_in_clear_cannot_be_replayed_encrypted(intake: Intake) -> None:
+    """A member's signed but unencrypted command is refused; whoever saw it
+    on the wire cannot encrypt that same signed entity to maild and have it
+    accepted later: its signature is spent."""
+    intake.send(member_mail(intake.who, advisory_text(intake.world)))
+    (record,) = intake.setup.store.list_advisories()
+    entity = signed_entity(intake.who, payload(f"cancel {record.id}"), "member")
+    in_clear = b"From: m@wg.example\r\nTo: embargo@maild.example\r\n" + entity
+    assert intake.send(in_clear)[0] == 550
+    assert intake.send(pgp_mime(intake.who.encrypt(entity)))[0] == 550
+    assert intake.setup.store.get_advisory(record.id).state is AdvisoryState.SCHEDULED

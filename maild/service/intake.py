@@ -162,6 +162,11 @@ class Intake:
         if found is None:
             raise Refused("no valid signature")
         if found.fingerprint in self.members:
+            # Seen in clear, so anyone could encrypt it and send it again: it is
+            # spent now, as an accepted member's mail would be.
+            self.store.remember_signature(
+                found.sig_id, found.fingerprint, found.signed_at, self.clock()
+            )
             raise Refused("a member's mail must be encrypted", found.fingerprint)
         return self._ack(found, _texts(part) if part is not None else text)
 
