@@ -283,17 +283,7 @@ class Dispatcher:
         result = await self.smarthost.send(
             Envelope(self.envelope_sender, m.address, data, envid=m.envid)
         )
-        now = self.clock()
-        done = replace(sending, smtp_code=result.code, smtp_response=result.response)
-        if result.outcome is Outcome.ACCEPTED:
-            done = replace(done, state=MessageState.ACCEPTED, sent_at=now, next_attempt_at=None)
-        elif result.outcome is Outcome.FAILED or m.attempts + 1 >= REPLY_ATTEMPTS:
-            done = replace(done, state=MessageState.FAILED, detail=result.response)
-        else:
-            retry = now + backoff(sending.attempts)
-            done = replace(
-                done, state=MessageState.DEFERRED, detail=result.response, next_attempt_at=retry
-            )
+        done = self._outcome(sending, result, last_try=sending.attempts >= REPLY_ATTEMPTS)
         self.store.update_messages([done])
         log.info("sent", kind="reply", message=m.message_id, state=done.state.value)
 
@@ -638,13 +628,25 @@ class Dispatcher:
             result = await self.smarthost.send(
                 Envelope(self.envelope_sender, m.address, stored[1], envid=m.envid)
             )
-            outcome = self._outcome(record, sending, result)
+            deadline = record.plan.disclose_at if m.kind in EMBARGOED_MAIL else None
+            outcome = self._outcome(sending, result, deadline=deadline)
         if outcome is not None:
             await self._journal.commit(outcome)
             done.append(outcome)
 
-    def _outcome(self, record: AdvisoryRecord, m: MessageRecord, r: SendResult) -> MessageRecord:
+    def _outcome(
+        self,
+        m: MessageRecord,
+        r: SendResult,
+        *,
+        deadline: datetime | None = None,
+        last_try: bool = False,
+    ) -> MessageRecord:
+        """The receipt after one SMTP transaction: accepted, failed (5xx, the
+        last try, or a retry that would come after `deadline`), or deferred
+        with backoff."""
         now = self.clock()
+        m = replace(m, smtp_code=r.code, smtp_response=r.response)
         if r.outcome is Outcome.ACCEPTED:
             return replace(
                 m,
@@ -652,36 +654,14 @@ class Dispatcher:
                 sent_at=now,
                 detail=None,
                 next_attempt_at=None,
-                smtp_code=r.code,
-                smtp_response=r.response,
-            )
-        if r.outcome is Outcome.FAILED:
-            return replace(
-                m,
-                state=MessageState.FAILED,
-                detail=r.response,
-                next_attempt_at=None,
-                smtp_code=r.code,
-                smtp_response=r.response,
             )
         retry = now + backoff(m.attempts)
-        if m.kind in EMBARGOED_MAIL and retry >= record.plan.disclose_at:
-            return replace(
-                m,
-                state=MessageState.FAILED,
-                detail=f"not delivered before disclosure: {r.response}",
-                next_attempt_at=None,
-                smtp_code=r.code,
-                smtp_response=r.response,
-            )
-        return replace(
-            m,
-            state=MessageState.DEFERRED,
-            detail=r.response,
-            next_attempt_at=retry,
-            smtp_code=r.code,
-            smtp_response=r.response,
-        )
+        detail = r.response
+        if r.outcome is Outcome.DEFERRED and not last_try:
+            if deadline is None or retry < deadline:
+                return replace(m, state=MessageState.DEFERRED, detail=detail, next_attempt_at=retry)
+            detail = f"not delivered before disclosure: {r.response}"
+        return replace(m, state=MessageState.FAILED, detail=detail, next_attempt_at=None)
 
     # -- advisory states --------------------------------------------------------------
     def _advance(self, record: AdvisoryRecord, now: datetime) -> bool:
