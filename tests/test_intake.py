@@ -8,7 +8,7 @@ import asyncio
 import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 import aiosmtplib
@@ -88,11 +88,8 @@ class Intake:
 def make_intake(world: World, extra: str = "") -> Iterator[Intake]:
     loop = asyncio.new_event_loop()
     running = loop.run_until_complete(start_sink(replies=None))
-    world.write_config(extra)
+    world.intake_extra = extra
     world.enable_run(running.port)
-    if extra:
-        text = world.config.read_text().replace("[smtp]", extra + "\n[smtp]", 1)
-        world.config.write_text(text)
     clock = ManualClock(datetime.now(UTC).replace(microsecond=0))
     setup = Setup(configuration.load(world.config))
     pool = ThreadPoolExecutor(max_workers=2)
@@ -100,8 +97,6 @@ def make_intake(world: World, extra: str = "") -> Iterator[Intake]:
     intake = build_intake(setup, dispatcher, clock, pool, lambda: None)
     assert setup.config.intake is not None
     cfg = listener_config(setup.config.intake)
-    from dataclasses import replace
-
     listener = loop.run_until_complete(start_listener(replace(cfg, port=0), intake))
     try:
         with correspondent(world) as who:

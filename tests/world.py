@@ -54,8 +54,7 @@ class World:
     keys: OrgKeys
     identity: str = ""
     orgs_text: str = ""
-    extra_config: str = ""
-    files: list[str] = field(default_factory=list)
+    intake_extra: str = ""  # more [intake] lines, e.g. "approvals = 2"
     members: tuple[str, ...] = ("member",)  # key names of the WG members
     listen_port: int = field(default_factory=lambda: free_port())
 
@@ -118,7 +117,7 @@ file = "orgs.toml"
 listen = "127.0.0.1:{self.listen_port}"
 addresses = ["embargo@maild.example"]
 members = [{", ".join(f'"{self.keys.fpr[m]}"' for m in self.members)}]
-{extra}""",
+{self.intake_extra + chr(10) if self.intake_extra else ""}{extra}""",
             encoding="utf-8",
         )
 

@@ -114,7 +114,9 @@ def _daemon(loop: asyncio.AbstractEventLoop, sink: RunningSink, work: Path, step
         try:
             dispatcher.recover()
             step(4, "Wanda, a WG member, submits the advisory by mail (signed, encrypted)")
-            if not _submit_by_mail(loop, work, listener.sockets[0].getsockname()[1], clock()):
+            port = listener.sockets[0].getsockname()[1]
+            member = setup.config.intake.members[0]
+            if not _submit_by_mail(loop, work, port, member, clock()):
                 return False
             before = len(sink.sink.received)
             loop.run_until_complete(dispatcher.tick())
@@ -126,7 +128,9 @@ def _daemon(loop: asyncio.AbstractEventLoop, sink: RunningSink, work: Path, step
             loop.run_until_complete(dispatcher.aclose())
 
 
-def _submit_by_mail(loop: asyncio.AbstractEventLoop, work: Path, port: int, now: datetime) -> bool:
+def _submit_by_mail(
+    loop: asyncio.AbstractEventLoop, work: Path, port: int, member: str, now: datetime
+) -> bool:
     """What Wanda's mail client does: the advisory and the patch in a MIME
     entity (real Subject inside), signed by her key and encrypted to maild's
     identity key in one (RFC 3156), sent to the intake address."""
@@ -146,7 +150,7 @@ def _submit_by_mail(loop: asyncio.AbstractEventLoop, work: Path, port: int, now:
         [mime.Attachment("fix.patch", PATCH.encode())],
         outer_headers=[*headers, ("Subject", "...")],
     )
-    armored = wanda.sign_encrypt(inner, maild_key, member_fingerprint(work), now)
+    armored = wanda.sign_encrypt(inner, maild_key, member, now)
     message = mime.encrypted_message([*headers, ("Subject", "...")], armored)
     print(f"    PGP/MIME message, {len(message)} bytes; outer Subject '...'; sent over SMTP")
 
@@ -252,17 +256,9 @@ def _show_notice(work: Path) -> None:
 
 
 def identity_fingerprint(work: Path) -> str:
-    text = (work / "maild.toml").read_text()
-    found = re.search(r'signing_key = "([0-9A-F]{40})"', text)
-    assert found is not None
-    return found.group(1)
-
-
-def member_fingerprint(work: Path) -> str:
-    text = (work / "maild.toml").read_text()
-    found = re.search(r'members = \["([0-9A-F]{40})"\]', text)
-    assert found is not None
-    return found.group(1)
+    identity = configuration.load(work / "maild.toml").identity
+    assert identity is not None
+    return identity.signing_key
 
 
 def _write_setup(work: Path, smtp_port: int) -> datetime:
