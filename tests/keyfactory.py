@@ -10,7 +10,8 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -86,3 +87,42 @@ def recipients(ring: Keyring, message: bytes) -> list[str]:
     """Key ids an OpenPGP message is encrypted to (as listed by gpg, no decryption)."""
     ids: list[str] = gnupg.GPG(gnupghome=str(ring.home)).get_recipients(message)
     return ids
+
+
+@dataclass(frozen=True)
+class Keys:
+    """A daemon keyring (the identity secret key, two orgs' public keys, an
+    expired and a revoked key) and each org's own keyring (its secret key and
+    the identity's public key)."""
+
+    daemon: Keyring
+    org_a: Keyring
+    org_b: Keyring
+    identity: str
+    a: str
+    b: str
+    expired: str
+    revoked: str
+
+
+@contextmanager
+def daemon_and_orgs() -> Iterator[Keys]:
+    with ExitStack() as stack:
+        daemon = stack.enter_context(temp_keyring())
+        org_a = stack.enter_context(temp_keyring())
+        org_b = stack.enter_context(temp_keyring())
+        factory = stack.enter_context(temp_keyring())
+        identity = daemon.generate("Disclosure WG <maild@wg.example>")
+        a = org_a.generate("Org A <security@org-a.example>")
+        b = org_b.generate("Org B <security@org-b.example>")
+        past = datetime(2020, 1, 1, tzinfo=UTC)
+        expired = factory.generate("Old <old@example.org>", expire="1d", created=past)
+        revoked = factory.generate("Gone <gone@example.org>")
+        factory.revoke(revoked)
+        daemon.import_key(org_a.export_public(a))
+        daemon.import_key(org_b.export_public(b))
+        for fpr in (expired, revoked):
+            daemon.import_key(factory.export_public(fpr))
+        for ring in (org_a, org_b):
+            ring.import_key(daemon.export_public(identity))
+        yield Keys(daemon, org_a, org_b, identity, a, b, expired, revoked)

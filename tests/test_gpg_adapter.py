@@ -18,7 +18,9 @@ import pytest
 
 from maild.adapters.gpg import GpgError, Keyring
 from tests.keyfactory import (
+    Keys,
     add_encryption_subkey,
+    daemon_and_orgs,
     export_secret,
     raw_gpg,
     recipients,
@@ -386,32 +388,11 @@ def test_export_public_of_unknown_key_raises(fresh: Keyring) -> None:
 # ------------------------------------------------------------------- listing cache
 
 
-@dataclass(frozen=True)
-class Pair:
-    """A daemon keyring (identity secret, org public keys) and each org's own keyring."""
-
-    daemon: Keyring
-    org_a: Keyring
-    org_b: Keyring
-    identity: str
-    a: str
-    b: str
-
-
 @pytest.fixture(scope="module")
-def pair() -> Iterator[Pair]:
-    with ExitStack() as stack:
-        daemon = stack.enter_context(temp_keyring())
-        org_a = stack.enter_context(temp_keyring())
-        org_b = stack.enter_context(temp_keyring())
-        identity = daemon.generate("WG <wg@example.org>")
-        a = org_a.generate("Org A <sec@a.example>")
-        b = org_b.generate("Org B <sec@b.example>")
-        daemon.import_key(org_a.export_public(a))
-        daemon.import_key(org_b.export_public(b))
-        for ring in (org_a, org_b):
-            ring.import_key(daemon.export_public(identity))
-        yield Pair(daemon, org_a, org_b, identity, a, b)
+def pair() -> Iterator[Keys]:
+    """A daemon keyring and two orgs' own keyrings."""
+    with daemon_and_orgs() as made:
+        yield made
 
 
 @pytest.fixture()
@@ -437,7 +418,7 @@ def gpg_runs(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
 
 
 def test_second_sign_encrypt_to_the_same_key_runs_one_gpg_process(
-    pair: Pair, gpg_runs: list[list[str]]
+    pair: Keys, gpg_runs: list[list[str]]
 ) -> None:
     """Once a key has been listed, sign_encrypt is one gpg run (the sign+encrypt itself),
     and health() runs none; refresh() makes the next call list the key again."""
@@ -550,7 +531,7 @@ def test_a_revocation_imported_by_another_keyring_is_seen_after_refresh(
 
 
 def test_sign_encrypt_from_two_threads_shares_one_cache(
-    pair: Pair, gpg_runs: list[list[str]]
+    pair: Keys, gpg_runs: list[list[str]]
 ) -> None:
     """8 notices on a pool of two threads, starting from an empty cache: all succeed,
     each decrypts for its own org and verifies as the identity, and each key is listed

@@ -12,7 +12,6 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -30,6 +29,8 @@ from maild.adapters.mime import (
     signed_part,
 )
 from tests.keyfactory import (
+    Keys,
+    daemon_and_orgs,
     export_secret,
     raw_gpg,
     recipients,
@@ -73,40 +74,10 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-@dataclass(frozen=True)
-class Keys:
-    """The daemon's keyring (identity secret, org public keys) and each org's own keyring."""
-
-    daemon: Keyring
-    org_a: Keyring
-    org_b: Keyring
-    identity: str
-    a: str
-    b: str
-    expired: str
-    revoked: str
-
-
 @pytest.fixture(scope="module")
 def keys() -> Iterator[Keys]:
-    with ExitStack() as stack:
-        daemon = stack.enter_context(temp_keyring())
-        org_a = stack.enter_context(temp_keyring())
-        org_b = stack.enter_context(temp_keyring())
-        factory = stack.enter_context(temp_keyring())
-        identity = daemon.generate("Disclosure WG <maild@wg.example>")
-        a = org_a.generate("Org A <security@org-a.example>")
-        b = org_b.generate("Org B <security@org-b.example>")
-        expired = factory.generate("Old <old@example.org>", expire="1d", created=PAST)
-        revoked = factory.generate("Gone <gone@example.org>")
-        factory.revoke(revoked)
-        daemon.import_key(org_a.export_public(a))
-        daemon.import_key(org_b.export_public(b))
-        for fpr in (expired, revoked):
-            daemon.import_key(factory.export_public(fpr))
-        for ring in (org_a, org_b):
-            ring.import_key(daemon.export_public(identity))
-        yield Keys(daemon, org_a, org_b, identity, a, b, expired, revoked)
+    with daemon_and_orgs() as made:
+        yield made
 
 
 @dataclass(frozen=True)
