@@ -59,6 +59,7 @@ class MemoryStore:
         self._events: list[Row] = []
         self._payloads: dict[str, Row] = {}
         self._signatures: dict[str, Row] = {}
+        self._advisory_writes = 0
         self._closed = False
 
     def add_advisory(
@@ -74,6 +75,7 @@ class MemoryStore:
         self._advisories[record.id] = row
         self._messages.extend(message_rows)
         self._events.append(event_row)
+        self._advisory_writes += 1
         return event_from_row(event_row)
 
     def update_advisory(
@@ -108,6 +110,7 @@ class MemoryStore:
             ]
         self._messages.extend(message_rows)
         self._events.append(event_row)
+        self._advisory_writes += 1
         return event_from_row(event_row)
 
     def append_event(self, event: NewEvent) -> Event:
@@ -230,7 +233,7 @@ class MemoryStore:
         return {k: v["advisory_version"] for k, v in self._payloads.items() if k in ids}
 
     def data_version(self) -> int:
-        return 0  # no other process can change it
+        return self._advisory_writes  # no other process can change it
 
     def get_advisory(self, advisory_id: str) -> AdvisoryRecord | None:
         self._check_open()

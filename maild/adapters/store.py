@@ -524,6 +524,7 @@ class SqliteStore:
     def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
         self._conn = conn
         self.path = path
+        self._advisory_writes = 0  # add_advisory and update_advisory on this connection
         conn.row_factory = _dict_row
 
     @classmethod
@@ -561,6 +562,7 @@ class SqliteStore:
                 raise already_stored(record.id)
             conn.execute(_insert("advisories", ADVISORY_COLUMNS), row)
             self._insert_messages(conn, message_rows)
+            self._advisory_writes += 1
             return _append(conn, new)
 
     def update_advisory(
@@ -599,6 +601,7 @@ class SqliteStore:
                     ),
                 )
             self._insert_messages(conn, message_rows)
+            self._advisory_writes += 1
             return _append(conn, new)
 
     def append_event(self, event: NewEvent) -> Event:
@@ -710,9 +713,10 @@ class SqliteStore:
         return {r["message_id"]: r["advisory_version"] for r in rows}
 
     def data_version(self) -> int:
-        """Changes whenever another connection commits (to notice CLI changes)."""
+        """Changes whenever another connection commits (the CLI), and whenever
+        this one adds or changes an advisory (mail intake)."""
         (version,) = self._conn.execute("PRAGMA data_version").fetchone().values()
-        return int(version)
+        return int(version) + self._advisory_writes
 
     @staticmethod
     def _insert_messages(conn: sqlite3.Connection, message_rows: Sequence[Row]) -> None:

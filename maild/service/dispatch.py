@@ -160,10 +160,9 @@ class Dispatcher:
         return len(stuck)
 
     def touch(self, advisory_id: str | None) -> None:
-        """Mail intake changed something through this process's own store
-        connection (an advisory by mail, a command, a DSN): the next tick
-        syncs, and looks at the advisory's alerts."""
-        self.resync()
+        """Mail intake changed this advisory (a DSN on a receipt, a command):
+        the next tick looks at its alerts. (A change to the advisory itself is
+        seen by the store's data_version, which makes the next tick sync.)"""
         if advisory_id is not None:
             self._touched.add(advisory_id)
 
@@ -206,10 +205,11 @@ class Dispatcher:
         """What a sync with the orgs list and keys would be judged on now, or None
         if the last sync's verdicts all still hold and this tick may skip it: a
         sync runs on the first tick (it cancels what was removed while maild was
-        down), then whenever another process (the CLI) committed a change, the
-        keyring or the orgs or announce list changed, a key the last sync judged
-        has expired since, or `resync()` was called. maild's own writes in a
-        release or a state change never undo a sync's verdicts."""
+        down), then whenever an advisory was added or changed (by the CLI, mail
+        intake or a state change: the store's data_version), the keyring or the
+        orgs or announce list changed, a key the last sync judged has expired
+        since, or `resync()` was called. Receipts written in a release never
+        undo a sync's verdicts."""
         state = (self.store.data_version(), self.keys_version(), id(self.orgs), id(self.announce))
         if state == self._synced and (self._sync_until is None or now < self._sync_until):
             return None
@@ -217,9 +217,8 @@ class Dispatcher:
         return state
 
     def resync(self) -> None:
-        """Make the next tick sync. Anything in this process that adds or changes
-        advisories through the daemon's own store connection must call it (the
-        store's data_version only counts other connections' commits)."""
+        """Make the next tick sync (after a change the store cannot see, such as
+        a new way of judging keys)."""
         self._synced = None
 
     def _work(

@@ -126,7 +126,8 @@ class Store(Protocol):
         ...
 
     def data_version(self) -> int:
-        """A number that changes when another process commits a change."""
+        """A number that changes when another process commits a change, or
+        when an advisory is added or changed through this store."""
         ...
 
     def get_advisory(self, advisory_id: str) -> AdvisoryRecord | None: ...
