@@ -198,7 +198,7 @@ class Dispatcher:
         for record in self.store.list_advisories():
             if record.state.is_open:
                 self._advance(record, self.clock())
-        await self._prepare_alerts_and_replies(now)
+        await self._send_replies()
         return self._next_wake(self.clock())
 
     def _sync_state(self, now: datetime) -> tuple[object, ...] | None:
@@ -248,10 +248,9 @@ class Dispatcher:
         return min(times, default=None)
 
     # -- replies to members' mail ---------------------------------------------------
-    async def _prepare_alerts_and_replies(self, now: datetime) -> None:
-        """Alerts that a tick just added (for DSNs) go out in the next pass;
-        replies go now: prepared (signed, encrypted to the member) and sent
-        one after another, as they are few."""
+    async def _send_replies(self) -> None:
+        """Replies to members' mail that are due: each prepared (signed, and
+        encrypted to the member) and sent, one after another, as they are few."""
         for m in self.store.find_messages(kinds=[MessageKind.REPLY], states=SENDABLE):
             if self.stopping():
                 return
