@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
 from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
@@ -135,9 +136,6 @@ def _submit_by_mail(
     entity (real Subject inside), signed by her key and encrypted to maild's
     identity key in one (RFC 3156), sent to the intake address."""
     wanda = Keyring(work / "orgkeys")
-    identity = Keyring(work / "state" / "gnupg")
-    maild_key = identity_fingerprint(work)
-    wanda.import_key(identity.export_public(maild_key))
     headers = [
         ("From", "wanda@wg.demo.example"),
         ("To", "embargo@demo.example"),
@@ -150,7 +148,7 @@ def _submit_by_mail(
         [mime.Attachment("fix.patch", PATCH.encode())],
         outer_headers=[*headers, ("Subject", "...")],
     )
-    armored = wanda.sign_encrypt(inner, maild_key, member, now)
+    armored = wanda.sign_encrypt(inner, identity_fingerprint(work), member, now)
     message = mime.encrypted_message([*headers, ("Subject", "...")], armored)
     print(f"    PGP/MIME message, {len(message)} bytes; outer Subject '...'; sent over SMTP")
 
@@ -174,23 +172,32 @@ def _submit_by_mail(
 
 def _show_reply(work: Path, received: Sequence[Any]) -> None:
     """Wanda decrypts maild's reply with her key."""
-    wanda = Keyring(work / "orgkeys")
     for r in received:
         if "wanda@wg.demo.example" not in r.rcpt_tos:
             continue
-        armored = re.search(
-            rb"-----BEGIN PGP MESSAGE-----.*?-----END PGP MESSAGE-----", r.data, re.S
-        )
-        assert armored is not None
-        plain, signer = wanda.decrypt_verify(armored.group(0))
-        inner = email.message_from_bytes(plain, policy=email.policy.default)
+        signer, inner = _decrypt(work, r.data)
         if str(inner["Subject"]).startswith("maild alert"):
             print(f"    also to Wanda, an alert: {inner['Subject']}")
             continue
         print(f"    maild's reply, decrypted with Wanda's key; signed by {signer}")
-        print(f"    inner Subject: {inner['Subject']}")
-        body = next(p for p in inner.walk() if p.get_content_type() == "text/plain")
-        print("\n".join("      | " + line for line in body.get_content().splitlines()))
+        _print_text(inner)
+
+
+def _decrypt(work: Path, data: bytes) -> tuple[str | None, EmailMessage]:
+    """Decrypt a message maild sent, with the keys held outside maild."""
+    armored = ARMORED.search(data)
+    assert armored is not None
+    plain, signer = Keyring(work / "orgkeys").decrypt_verify(armored.group(0))
+    inner = email.message_from_bytes(plain, policy=email.policy.default)
+    assert isinstance(inner, EmailMessage)
+    return signer, inner
+
+
+def _print_text(inner: EmailMessage, lines: int | None = None) -> None:
+    print(f"    inner Subject: {inner['Subject']}")
+    body = next(p for p in inner.walk() if p.get_content_type() == "text/plain")
+    assert isinstance(body, EmailMessage)
+    print("\n".join("      | " + line for line in body.get_content().splitlines()[:lines]))
 
 
 def _dispatch(
@@ -232,24 +239,16 @@ def _dispatch(
 
 
 def _show_notice(work: Path) -> None:
-    orgs = Keyring(work / "orgkeys")
-    identity = Keyring(work / "state" / "gnupg")
     for path in sorted((work / "maildir" / "new").iterdir()):
         raw = path.read_bytes()
         if b"To: security@north-distro.example" not in raw:
             continue
-        armored = re.search(rb"-----BEGIN PGP MESSAGE-----.*?-----END PGP MESSAGE-----", raw, re.S)
-        assert armored is not None
         outer = raw.split(b"\r\n\r\n", 1)[0].decode()
         print("    outer headers (what any mail server sees):")
         print("\n".join("      " + line for line in outer.splitlines()))
-        orgs.import_key(identity.export_public(identity_fingerprint(work)))
-        plain, signer = orgs.decrypt_verify(armored.group(0))
-        inner = email.message_from_bytes(plain, policy=email.policy.default)
+        signer, inner = _decrypt(work, raw)
         print(f"    decrypted with North Distro's key; signed by {signer}")
-        print(f"    inner Subject: {inner['Subject']}")
-        body = next(p for p in inner.walk() if p.get_content_type() == "text/plain")
-        print("\n".join("      | " + line for line in body.get_content().splitlines()[:40]))
+        _print_text(inner, 40)
         print(f"    attachments: {[p.get_filename() for p in inner.walk() if p.get_filename()]}")
         return
     print("    no notice for North Distro found in the Maildir")
@@ -265,7 +264,8 @@ def _write_setup(work: Path, smtp_port: int) -> datetime:
     """Keys, maild.toml, orgs.toml, an advisory and a patch; returns the disclosure."""
     identity = Keyring(work / "state" / "gnupg")
     wg = identity.generate("maild demo identity <security@demo.example>")
-    others = Keyring(work / "orgkeys")
+    others = Keyring(work / "orgkeys")  # the WG member's and the orgs' own keys
+    others.import_key(identity.export_public(wg))  # everyone outside holds maild's key
     keys = work / "keys"
     keys.mkdir(exist_ok=True)
     member = others.generate("Wanda WG <wanda@wg.demo.example>")
