@@ -4,6 +4,7 @@ process, real gpg keys and SQLite. What operators and recipients see."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import signal
 import subprocess
@@ -135,7 +136,8 @@ def test_late_advisory_is_sent_now_and_leaks_nothing_to_the_log(
     """An advisory accepted after its notice time is sent at once by the
     running daemon: each org its own notice, the announce list the
     pre-announcement; receipts hold the smarthost's queue ids; the daemon's
-    log never contains the advisory's words; SIGTERM exits 0."""
+    log is one JSON object per line (for journald) and never contains the
+    advisory's words, a token or key material; SIGTERM exits 0."""
     proc = daemon()
     adv = submit(cli, world, datetime.now(UTC) + timedelta(days=2))
     maildir = sink[2]
@@ -153,8 +155,13 @@ def test_late_advisory_is_sent_now_and_leaks_nothing_to_the_log(
     assert all(re.search(r"queued as [0-9A-F]+", m.smtp_response or "") for m in done)
     assert proc.stop() == 0
     log = proc.text()
-    for secret in ("SECRET-WORDS-42", "frobnicator", "Use-after-free"):
+    tokens = [m.ack_token for m in done if m.ack_token]
+    assert tokens
+    for secret in ("SECRET-WORDS-42", "frobnicator", "Use-after-free", "PGP", *tokens):
         assert secret not in log
+    entries = [json.loads(line) for line in log.splitlines()]
+    assert all({"timestamp", "level", "logger", "event"} <= set(e) for e in entries)
+    assert {"started", "listening", "released", "stopping"} <= {e["event"] for e in entries}
 
 
 def test_nothing_early_then_disclose_now_publishes_at_once(

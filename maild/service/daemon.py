@@ -8,10 +8,8 @@ transactions in flight finish, then it exits.
 from __future__ import annotations
 
 import asyncio
-import logging
 import signal
 import ssl
-import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
@@ -23,6 +21,7 @@ from maild.adapters.gpg import KeyHealth
 from maild.adapters.smtp_in import ListenerConfig, start_listener
 from maild.adapters.smtp_out import Smarthost
 from maild.config import IntakeConfig
+from maild.service import logs
 from maild.service.clock import system_clock
 from maild.service.compose import Composer
 from maild.service.dispatch import Dispatcher, Member
@@ -34,21 +33,6 @@ MAX_SLEEP = timedelta(seconds=30)
 LISTENER_GRACE = 5.0  # seconds SMTP intake sessions get to end at shutdown
 POLL = 1.0  # seconds between checks for CLI changes
 log = structlog.get_logger("maild.daemon")
-
-
-def configure_logging() -> None:
-    """One JSON object per line on stdout (never advisory text)."""
-    structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.JSONRenderer(sort_keys=True),
-        ],
-        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
-        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
-        cache_logger_on_first_use=True,
-    )
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
 
 
 def build(setup: Setup, clock: Callable[[], datetime], pool: ThreadPoolExecutor) -> Dispatcher:
@@ -189,7 +173,7 @@ async def serve(
 
 
 def run(setup: Setup, clock: Callable[[], datetime] = system_clock) -> int:
-    configure_logging()
+    logs.configure()
 
     async def main() -> None:
         stop, poked = asyncio.Event(), asyncio.Event()
