@@ -49,10 +49,10 @@ def test_maild_events_are_one_json_object_per_line(captured: io.StringIO) -> Non
 def test_library_warnings_come_out_in_the_same_shape(captured: io.StringIO, library: str) -> None:
     """A warning from python-gnupg, aiosmtplib or asyncio is a JSON line
     like maild's own, naming the library, not a bare text line on stderr."""
-    logging.getLogger(library).warning("gpg returned a non-zero error code: %d", 2)
+    logging.getLogger(library).warning("potential problem: %s", "KEYEXPIRED")
     [entry] = lines(captured)
     assert entry == {
-        "event": "gpg returned a non-zero error code: 2",
+        "event": "potential problem: KEYEXPIRED",
         "level": "warning",
         "logger": library,
         "timestamp": entry["timestamp"],
@@ -74,6 +74,15 @@ def test_aiosmtpd_errors_are_kept_and_its_chatter_is_not(captured: io.StringIO) 
     [entry] = lines(captured)
     assert entry["logger"] == "mail.log" and entry["level"] == "error"
     assert "ConnectionResetError: peer went away" in str(entry["exception"])
+
+
+def test_gpg_exit_status_noise_is_dropped(captured: io.StringIO) -> None:
+    """python-gnupg's warning for every non-zero gpg exit (a secret-key
+    listing that finds none, on every start) does not fill the journal;
+    its other warnings still come through."""
+    logging.getLogger("gnupg").warning("gpg returned a non-zero error code: %d", 2)
+    logging.getLogger("gnupg").warning("potential problem: %s", "FAILURE")
+    assert [e["event"] for e in lines(captured)] == ["potential problem: FAILURE"]
 
 
 def test_debug_records_are_not_logged(captured: io.StringIO) -> None:

@@ -193,3 +193,24 @@ def test_claims_lose_to_a_change_and_outcomes_only_land_on_sending(store: AnySto
         first.message_id: MessageState.ACCEPTED,
         second.message_id: MessageState.CANCELLED,
     }
+
+
+def test_discarding_payloads_only_touches_messages_still_waiting(store: AnyStore) -> None:
+    """A reload makes waiting messages be prepared again by forgetting their
+    bytes; the bytes of a message already sent (or being sent) are kept."""
+    store.add_advisory(advisory(), [message("RSA-2026-0001", n) for n in (1, 2, 3)], event())
+    waiting, sent, blocked = store.messages("RSA-2026-0001")
+    store.update_messages(
+        [
+            replace(sent, state=MessageState.ACCEPTED, attempts=1, sent_at=AT),
+            replace(blocked, state=MessageState.BLOCKED, detail="key is revoked"),
+        ]
+    )
+    for m in (waiting, sent, blocked):
+        store.put_payload(m.message_id, 1, b"bytes", AT)
+    ids = [waiting.message_id, sent.message_id, blocked.message_id, "<nobody@x>"]
+    assert store.discard_payloads(ids) == 2
+    assert store.payload(waiting.message_id) is None
+    assert store.payload(blocked.message_id) is None
+    assert store.payload(sent.message_id) == (1, b"bytes")
+    assert store.discard_payloads([]) == 0

@@ -597,6 +597,14 @@ class Keyring:
         """
         return self._health(fingerprint, now)[0]
 
+    def encryption_subkeys(self, fingerprint: str) -> frozenset[str]:
+        """Key ids of the key's encryption-capable (sub)keys, as last listed
+        (empty when no such key): a notice prepared for the key is stale
+        when they change."""
+        fpr = _normalise_fpr(fingerprint)
+        listing = self._listing(fpr) if fpr is not None else None
+        return _encryption_key_ids(listing.key) if listing is not None else frozenset()
+
     def _health(self, fingerprint: str, now: datetime) -> tuple[KeyHealth, _Listing | None]:
         """Health at `now`, and the listing it was judged from (None: no such key)."""
         now = _require_aware(now, "now")

@@ -189,6 +189,18 @@ class MemoryStore:
             raise unknown_message(message_id)
         self._payloads[message_id] = row
 
+    def discard_payloads(self, message_ids: Sequence[str]) -> int:
+        self._check_open()
+        waiting = {
+            m["message_id"]
+            for m in self._messages
+            if m["state"] in ("queued", "deferred", "blocked")
+        }
+        dropped = [i for i in dict.fromkeys(message_ids) if i in waiting and i in self._payloads]
+        for message_id in dropped:
+            del self._payloads[message_id]
+        return len(dropped)
+
     def commit_receipts(
         self, outcomes: Sequence[MessageRecord], claims: Sequence[tuple[MessageRecord, int]]
     ) -> set[str]:

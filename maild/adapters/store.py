@@ -669,6 +669,21 @@ class SqliteStore:
                 row,
             )
 
+    def discard_payloads(self, message_ids: Sequence[str]) -> int:
+        ids = list(dict.fromkeys(message_ids))
+        dropped = 0
+        with _transaction(self._conn, self.path) as conn:
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                marks = ", ".join("?" for _ in chunk)
+                dropped += conn.execute(
+                    f"DELETE FROM payloads WHERE message_id IN ({marks}) AND message_id IN "
+                    "(SELECT message_id FROM messages WHERE state IN ('queued', 'deferred', "
+                    "'blocked'))",
+                    chunk,
+                ).rowcount
+        return dropped
+
     def commit_receipts(
         self, outcomes: Sequence[MessageRecord], claims: Sequence[tuple[MessageRecord, int]]
     ) -> set[str]:

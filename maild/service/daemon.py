@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import signal
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.utils import parseaddr
 
@@ -21,7 +22,8 @@ from maild.adapters.gpg import KeyHealth
 from maild.adapters.smtp_in import ListenerConfig, start_listener
 from maild.adapters.smtp_out import Smarthost
 from maild.config import IntakeConfig
-from maild.service import logs
+from maild.domain.tomlsource import SourceError
+from maild.service import logs, reload
 from maild.service.clock import system_clock
 from maild.service.compose import Composer
 from maild.service.dispatch import Dispatcher, Member
@@ -37,24 +39,23 @@ log = structlog.get_logger("maild.daemon")
 
 def build(setup: Setup, clock: Callable[[], datetime], pool: ThreadPoolExecutor) -> Dispatcher:
     """Check everything `run` needs, then wire the dispatcher."""
+    setup.config.require("run", *reload.RUN_SECTIONS)
+    for problem in setup.startup_problems(clock()):
+        log.warning("setup-problem", problem=problem)
+    return wire(setup, clock, pool)
+
+
+def wire(setup: Setup, clock: Callable[[], datetime], pool: ThreadPoolExecutor) -> Dispatcher:
+    """The dispatcher for a checked setup."""
     cfg = setup.config
-    cfg.require("run", "daemon", "identity", "keys", "orgs", "smtp", "intake", "announce")
     assert cfg.identity and cfg.smtp and cfg.intake and cfg.announce
-    now = clock()
-    problems = [f for f in setup.all_findings(now) if f.problem]
-    structural = [p for p in setup.orgs.problems] + list(setup.folder.problems)
-    identity = [f.text for f in problems if f.text.startswith("identity.")]
-    if structural or identity:
-        raise UserError((structural + identity)[0])
-    for finding in problems:
-        log.warning("setup-problem", problem=finding.text)
 
     def health(fingerprint: str) -> KeyHealth:
         """Judged at the current time; the keyring caches the listings."""
         return setup.keyring.health(fingerprint, clock())
 
     members = [Member(fpr, _address(health(fpr).uids)) for fpr in cfg.intake.members]
-    folder = setup.folder.fingerprints  # imported once, at start
+    folder = setup.folder.fingerprints  # imported at start, and again on reload
     password = None
     if cfg.smtp.password_file is not None:
         try:
@@ -143,27 +144,38 @@ def listener_config(intake: IntakeConfig) -> ListenerConfig:
 
 
 async def serve(
-    dispatcher: Dispatcher, stop: asyncio.Event, poked: asyncio.Event | None = None
+    dispatcher: Dispatcher,
+    stop: asyncio.Event,
+    poked: asyncio.Event | None = None,
+    hup: asyncio.Event | None = None,
+    reload: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """Tick, then sleep until the next due time, a CLI change, mail taken
-    in (`poked`), or `stop`."""
+    in (`poked`), a reload asked for (`hup`: `reload` runs between two
+    ticks, never during one), or `stop`."""
     store, clock = dispatcher.store, dispatcher.clock
     poked = poked or asyncio.Event()
+    hup = hup or asyncio.Event()
     dispatcher.stopping = stop.is_set
     dispatcher.recover()
     log.info("started")
     while not stop.is_set():
+        if hup.is_set():
+            hup.clear()
+            if reload is not None:
+                await reload()
         seen = store.data_version()
         poked.clear()
         next_at = await dispatcher.tick()
         deadline = clock() + MAX_SLEEP
         if next_at is not None and next_at < deadline:
             deadline = next_at
-        while not stop.is_set() and not poked.is_set() and store.data_version() == seen:
+        events = (stop, poked, hup)
+        while not any(e.is_set() for e in events) and store.data_version() == seen:
             remaining = (deadline - clock()).total_seconds()
             if remaining <= 0:
                 break
-            waits = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(poked.wait())}
+            waits = {asyncio.ensure_future(e.wait()) for e in events}
             _, pending = await asyncio.wait(
                 waits, timeout=min(remaining, POLL), return_when=asyncio.FIRST_COMPLETED
             )
@@ -176,14 +188,16 @@ def run(setup: Setup, clock: Callable[[], datetime] = system_clock) -> int:
     logs.configure()
 
     async def main() -> None:
-        stop, poked = asyncio.Event(), asyncio.Event()
+        stop, poked, hup = asyncio.Event(), asyncio.Event(), asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, hup.set)
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="gpg") as pool:
             dispatcher = build(setup, clock, pool)
             assert setup.config.intake is not None
             intake = build_intake(setup, dispatcher, clock, pool, poked.set)
+            running = Running(setup, dispatcher, intake, clock, pool, poked.set)
             where = f"{setup.config.intake.host}:{setup.config.intake.port}"
             try:
                 listener = await start_listener(listener_config(setup.config.intake), intake)
@@ -198,7 +212,7 @@ def run(setup: Setup, clock: Callable[[], datetime] = system_clock) -> int:
 
             closer = asyncio.ensure_future(close_listener_on_stop())
             try:
-                await serve(dispatcher, stop, poked)
+                await serve(dispatcher, stop, poked, hup, running.reload)
             finally:
                 stop.set()
                 await closer
@@ -211,6 +225,49 @@ def run(setup: Setup, clock: Callable[[], datetime] = system_clock) -> int:
     with setup:
         asyncio.run(main())
     return 0
+
+
+@dataclass
+class Running:
+    """What `maild run` runs on; `reload` swaps in a new setup (SIGHUP)."""
+
+    setup: Setup
+    dispatcher: Dispatcher
+    intake: Intake
+    clock: Callable[[], datetime]
+    pool: ThreadPoolExecutor
+    poke: Callable[[], None]
+
+    async def reload(self) -> None:
+        """Read the config, orgs list, keys folder and calendar again and take
+        them, or keep everything as it is and log why (see maild.service.reload)."""
+        log.info("reloading")
+        try:
+            reloaded = reload.load(self.setup, self.clock())
+            fresh = wire(reloaded.setup, self.clock, self.pool)
+        except (UserError, SourceError) as exc:
+            log.error("reload-failed", reason=str(exc))
+            return
+        before, smarthost = self.setup.orgs, self.dispatcher.smarthost
+        reload.adopt(self.dispatcher, fresh, keep=("store", "clock", "pool", "stopping"))
+        self.dispatcher.resync()
+        reload.adopt(
+            self.intake,
+            build_intake(reloaded.setup, self.dispatcher, self.clock, self.pool, self.poke),
+            keep=("store", "keyring", "clock", "pool", "wake", "limits"),
+        )
+        self.setup = reloaded.setup
+        stale = reload.stale_payloads(self.dispatcher.store, before, reloaded)
+        again = self.dispatcher.store.discard_payloads(stale)
+        await smarthost.close()  # between ticks: no transaction is open on it
+        for problem in reloaded.warnings:
+            log.warning("setup-problem", problem=problem)
+        log.info(
+            "reloaded",
+            orgs=len(reloaded.setup.orgs.orgs),
+            keys=len(reloaded.setup.folder.fingerprints),
+            prepare_again=again,
+        )
 
 
 def _address(uids: tuple[str, ...]) -> str | None:

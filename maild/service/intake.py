@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -93,10 +93,10 @@ class Intake:
     max_signature_age: timedelta = timedelta(days=3)
     wake: Callable[[str | None], None] = lambda advisory_id: None  # tell the dispatcher
     limits: Limits = DEFAULT_LIMITS
-    _views: Clock = field(init=False)
 
-    def __post_init__(self) -> None:
-        self._views = Clock(self.calendar)
+    @property
+    def _views(self) -> Clock:
+        return Clock(self.calendar)
 
     async def receive(self, message: Received) -> str:
         """The SMTP reply for one message, after committing what it changes."""

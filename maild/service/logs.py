@@ -36,6 +36,13 @@ _SHARED: list[structlog.typing.Processor] = [
 ]
 
 
+def _not_gpg_exit_status(record: logging.LogRecord) -> bool:
+    """python-gnupg warns of every non-zero gpg exit, such as a listing of
+    secret keys that finds none: maild reads each result itself and logs or
+    raises its own error, so these lines would be noise in the journal."""
+    return not (record.name == "gnupg" and str(record.msg).startswith("gpg returned a non-zero"))
+
+
 def configure(
     stream: TextIO | None = None, *, console: bool | None = None, level: int = logging.INFO
 ) -> None:
@@ -62,6 +69,7 @@ def configure(
     )
     handler = logging.StreamHandler(stream)
     handler.setLevel(level)  # whatever level a library sets on its own logger
+    handler.addFilter(_not_gpg_exit_status)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=_SHARED,

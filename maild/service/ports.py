@@ -103,6 +103,12 @@ class Store(Protocol):
         version of its advisory."""
         ...
 
+    def discard_payloads(self, message_ids: Sequence[str]) -> int:
+        """Forget the prepared bytes of those of these messages that still
+        wait to be sent (queued, deferred or blocked), so they are built
+        again; returns how many were forgotten."""
+        ...
+
     def commit_receipts(
         self, outcomes: Sequence[MessageRecord], claims: Sequence[tuple[MessageRecord, int]]
     ) -> set[str]:

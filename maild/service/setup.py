@@ -21,6 +21,15 @@ class Setup:
     def __init__(self, config: Config) -> None:
         self.config = config
 
+    def sharing(self, config: Config) -> Setup:
+        """A setup for another config (a reload) on this one's open store and
+        keyring; its orgs list and keys folder are read afresh. Close only
+        the original."""
+        other = Setup(config)
+        for name in ("store", "keyring"):
+            other.__dict__[name] = getattr(self, name)
+        return other
+
     def __enter__(self) -> Setup:
         return self
 
@@ -118,3 +127,15 @@ class Setup:
                 self.config.intake.members, self.folder, lambda fpr: self.health(fpr, now)
             )
         return found + self.org_findings(now)
+
+    def startup_problems(self, now: datetime) -> list[str]:
+        """What `maild run` (at start or reload) may not run with: a broken
+        orgs list or keys folder, or an unusable identity key, raise
+        UserError naming the first; other findings (a pinned key expired,
+        say) are returned as warnings, since they only block that recipient."""
+        problems = [f for f in self.all_findings(now) if f.problem]
+        structural = list(self.orgs.problems) + list(self.folder.problems)
+        identity = [f.text for f in problems if f.text.startswith("identity.")]
+        if structural or identity:
+            raise UserError((structural + identity)[0])
+        return [f.text for f in problems]
