@@ -219,6 +219,38 @@ def test_kill_9_during_a_release_loses_nothing(
     assert second.stop() == 0
 
 
+def test_sigterm_with_a_silent_smarthost_still_exits_0_within_10_seconds(
+    cli: CLI, world: World, sink: tuple[Process, int, Path], daemon: Callable[[], Process]
+) -> None:
+    """systemd's stop: SIGTERM while the smarthost has gone silent in the
+    middle of a transaction. maild exits 0 within 10 s; the message cut off
+    is not lost: the next start sends it, flagged as a possible duplicate."""
+    sink_proc, _, maildir = sink
+    first = daemon()
+    sink_proc.proc.send_signal(signal.SIGSTOP)
+    adv = submit(cli, world, datetime.now(UTC) + timedelta(days=2))
+    wait_for(
+        "a message on the wire",
+        lambda: any(m.state is MessageState.SENDING for m in receipts(world, adv)),
+    )
+    asked = time.monotonic()
+    assert first.stop() == 0
+    assert time.monotonic() - asked < 10
+    assert '"event": "stop-cut-short"' in first.text()
+    sink_proc.proc.send_signal(signal.SIGCONT)
+    daemon()
+    wait_for(
+        "every notice accepted",
+        lambda: all(
+            m.state is MessageState.ACCEPTED
+            for m in receipts(world, adv)
+            if m.kind is MessageKind.NOTICE
+        ),
+    )
+    assert any(m.possible_duplicate for m in receipts(world, adv))
+    assert len(to(maildir, "sec@good.example")) >= 1
+
+
 def test_run_refuses_to_start_without_its_sections(cli: CLI, world: World) -> None:
     """`maild run` without [smtp] says which section is missing: exit 2."""
     result = cli("--config", str(world.config), "run")

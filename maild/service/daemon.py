@@ -8,6 +8,7 @@ transactions in flight finish, then it exits.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import ssl
 from collections.abc import Awaitable, Callable
@@ -32,7 +33,11 @@ from maild.service.intake import Intake
 from maild.service.setup import Setup
 
 MAX_SLEEP = timedelta(seconds=30)
-LISTENER_GRACE = 5.0  # seconds SMTP intake sessions get to end at shutdown
+# After SIGTERM, seconds (in turn) for the SMTP transactions in flight, the
+# intake sessions and the smarthost's QUIT: maild is gone within 10 s.
+SEND_GRACE = 6.0
+LISTENER_GRACE = 2.0
+CLOSE_GRACE = 1.5
 POLL = 1.0  # seconds between checks for CLI changes
 log = structlog.get_logger("maild.daemon")
 
@@ -211,8 +216,10 @@ def run(setup: Setup, clock: Callable[[], datetime] = system_clock) -> int:
                 listener.close()  # no new mail; what is in receive() gets its reply
 
             closer = asyncio.ensure_future(close_listener_on_stop())
+            serving = asyncio.ensure_future(serve(dispatcher, stop, poked, hup, running.reload))
             try:
-                await serve(dispatcher, stop, poked, hup, running.reload)
+                await asyncio.wait({serving, closer}, return_when=asyncio.FIRST_COMPLETED)
+                await _finish(serving, SEND_GRACE)
             finally:
                 stop.set()
                 await closer
@@ -220,11 +227,28 @@ def run(setup: Setup, clock: Callable[[], datetime] = system_clock) -> int:
                     await asyncio.wait_for(listener.wait_closed(), LISTENER_GRACE)
                 except TimeoutError:
                     listener.abort_clients()
-                await dispatcher.aclose()
+                try:
+                    await asyncio.wait_for(dispatcher.aclose(), CLOSE_GRACE)
+                except TimeoutError:
+                    log.warning("smarthost-close-timeout")
 
     with setup:
         asyncio.run(main())
     return 0
+
+
+async def _finish(serving: asyncio.Future[None], grace: float) -> None:
+    """Let the serve loop end (it starts no new transaction once stopping);
+    one still stuck on a silent smarthost after `grace` seconds is cut off:
+    its message stays `sending` and goes again at the next start, flagged
+    as a possible duplicate."""
+    try:
+        await asyncio.wait_for(asyncio.shield(serving), grace)
+    except TimeoutError:
+        log.warning("stop-cut-short", grace_seconds=grace)
+        serving.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await serving
 
 
 @dataclass
