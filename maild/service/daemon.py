@@ -22,6 +22,7 @@ import structlog
 from maild.adapters.gpg import KeyHealth
 from maild.adapters.smtp_in import ListenerConfig, start_listener
 from maild.adapters.smtp_out import Smarthost
+from maild.adapters.systemd import Notifier, watchdog_task
 from maild.config import IntakeConfig
 from maild.service.clock import system_clock
 from maild.service.compose import Composer
@@ -29,6 +30,7 @@ from maild.service.dispatch import Dispatcher, Member
 from maild.service.embargo import UserError
 from maild.service.intake import Intake
 from maild.service.setup import Setup
+from maild.service.status import queue_size, tick_status
 
 MAX_SLEEP = timedelta(seconds=30)
 LISTENER_GRACE = 5.0  # seconds SMTP intake sessions get to end at shutdown
@@ -159,10 +161,13 @@ def listener_config(intake: IntakeConfig) -> ListenerConfig:
 
 
 async def serve(
-    dispatcher: Dispatcher, stop: asyncio.Event, poked: asyncio.Event | None = None
+    dispatcher: Dispatcher,
+    stop: asyncio.Event,
+    poked: asyncio.Event | None = None,
+    ticked: Callable[[datetime | None], None] | None = None,
 ) -> None:
     """Tick, then sleep until the next due time, a CLI change, mail taken
-    in (`poked`), or `stop`."""
+    in (`poked`), or `stop`. `ticked` is told each pass's next due time."""
     store, clock = dispatcher.store, dispatcher.clock
     poked = poked or asyncio.Event()
     dispatcher.stopping = stop.is_set
@@ -172,6 +177,8 @@ async def serve(
         seen = store.data_version()
         poked.clear()
         next_at = await dispatcher.tick()
+        if ticked is not None:
+            ticked(next_at)
         deadline = clock() + MAX_SLEEP
         if next_at is not None and next_at < deadline:
             deadline = next_at
@@ -196,6 +203,8 @@ def run(setup: Setup, clock: Callable[[], datetime] = system_clock) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        notifier = Notifier()
+        watchdog = asyncio.ensure_future(watchdog_task(notifier))
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="gpg") as pool:
             dispatcher = build(setup, clock, pool)
             assert setup.config.intake is not None
@@ -207,14 +216,19 @@ def run(setup: Setup, clock: Callable[[], datetime] = system_clock) -> int:
                 await dispatcher.aclose()
                 raise UserError(f"[intake] listen: cannot listen on {where}: {exc}") from None
             log.info("listening", address=where)
+            notifier.ready(f"listening on {where}; {queue_size(dispatcher.store)}")
 
             async def close_listener_on_stop() -> None:
                 await stop.wait()
+                notifier.stopping()
                 listener.close()  # no new mail; what is in receive() gets its reply
+
+            def report(next_at: datetime | None) -> None:
+                notifier.status(tick_status(dispatcher.store, next_at))
 
             closer = asyncio.ensure_future(close_listener_on_stop())
             try:
-                await serve(dispatcher, stop, poked)
+                await serve(dispatcher, stop, poked, report if notifier.enabled else None)
             finally:
                 stop.set()
                 await closer
@@ -223,6 +237,7 @@ def run(setup: Setup, clock: Callable[[], datetime] = system_clock) -> int:
                 except TimeoutError:
                     listener.abort_clients()
                 await dispatcher.aclose()
+                watchdog.cancel()
 
     with setup:
         asyncio.run(main())
