@@ -14,12 +14,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	@touch $(STAMP)
 
-# Debian packages the tests and the demo run for real: gpg and its agent, and
-# sqop (Sequoia) to check interoperability with an independent OpenPGP stack.
+# Debian packages the tests and the demo run for real: gpg and its agent,
+# sqop (Sequoia) to check interoperability with an independent OpenPGP stack,
+# and systemd's tools (systemd-analyze, -sysusers, -tmpfiles) plus procps
+# (/bin/kill, the unit's ExecReload) to check the files in systemd/.
 system-deps:
 	@command -v gpg >/dev/null && command -v gpg-agent >/dev/null && command -v sqop >/dev/null || \
 	  { $(SUDO) apt-get update && \
 	    $(SUDO) apt-get install -y --no-install-recommends gnupg gpg-agent sqop; }
+	@command -v systemd-analyze >/dev/null && test -x /bin/kill || \
+	  { $(SUDO) apt-get update && \
+	    $(SUDO) apt-get install -y --no-install-recommends systemd procps; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check maild tests

@@ -40,10 +40,10 @@ def wait_for(what: str, check: Callable[[], object], timeout: float = WAIT) -> o
 
 
 class Process:
-    def __init__(self, args: list[str], log: Path) -> None:
+    def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None) -> None:
         self.log = log
         self.handle = log.open("wb")
-        self.proc = subprocess.Popen(args, stdout=self.handle, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(args, stdout=self.handle, stderr=subprocess.STDOUT, env=env)
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")

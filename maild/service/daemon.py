@@ -22,6 +22,7 @@ import structlog
 from maild.adapters.gpg import KeyHealth
 from maild.adapters.smtp_in import ListenerConfig, start_listener
 from maild.adapters.smtp_out import Smarthost
+from maild.adapters.systemd import Notifier, watchdog_task
 from maild.config import IntakeConfig
 from maild.domain.tomlsource import SourceError
 from maild.service import logs, reload
@@ -31,6 +32,7 @@ from maild.service.dispatch import Dispatcher, Member
 from maild.service.embargo import UserError
 from maild.service.intake import Intake
 from maild.service.setup import Setup
+from maild.service.status import queue_size, tick_status
 
 MAX_SLEEP = timedelta(seconds=30)
 # After SIGTERM, seconds (in turn) for the SMTP transactions in flight, the
@@ -154,10 +156,12 @@ async def serve(
     poked: asyncio.Event | None = None,
     hup: asyncio.Event | None = None,
     reload: Callable[[], Awaitable[None]] | None = None,
+    ticked: Callable[[datetime | None], None] | None = None,
 ) -> None:
     """Tick, then sleep until the next due time, a CLI change, mail taken
     in (`poked`), a reload asked for (`hup`: `reload` runs between two
-    ticks, never during one), or `stop`."""
+    ticks, never during one), or `stop`. `ticked` is told each pass's next
+    due time."""
     store, clock = dispatcher.store, dispatcher.clock
     poked = poked or asyncio.Event()
     hup = hup or asyncio.Event()
@@ -172,6 +176,8 @@ async def serve(
         seen = store.data_version()
         poked.clear()
         next_at = await dispatcher.tick()
+        if ticked is not None:
+            ticked(next_at)
         deadline = clock() + MAX_SLEEP
         if next_at is not None and next_at < deadline:
             deadline = next_at
@@ -198,6 +204,8 @@ def run(setup: Setup, clock: Callable[[], datetime] = system_clock) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, hup.set)
+        notifier = Notifier()
+        watchdog = asyncio.ensure_future(watchdog_task(notifier))
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="gpg") as pool:
             dispatcher = build(setup, clock, pool)
             assert setup.config.intake is not None
@@ -210,13 +218,27 @@ def run(setup: Setup, clock: Callable[[], datetime] = system_clock) -> int:
                 await dispatcher.aclose()
                 raise UserError(f"[intake] listen: cannot listen on {where}: {exc}") from None
             log.info("listening", address=where)
+            notifier.ready(f"listening on {where}; {queue_size(dispatcher.store)}")
 
             async def close_listener_on_stop() -> None:
                 await stop.wait()
+                notifier.stopping()
                 listener.close()  # no new mail; what is in receive() gets its reply
 
+            def report(next_at: datetime | None) -> None:
+                notifier.status(tick_status(dispatcher.store, next_at))
+
             closer = asyncio.ensure_future(close_listener_on_stop())
-            serving = asyncio.ensure_future(serve(dispatcher, stop, poked, hup, running.reload))
+            serving = asyncio.ensure_future(
+                serve(
+                    dispatcher,
+                    stop,
+                    poked,
+                    hup,
+                    running.reload,
+                    ticked=report if notifier.enabled else None,
+                )
+            )
             try:
                 await asyncio.wait({serving, closer}, return_when=asyncio.FIRST_COMPLETED)
                 await _finish(serving, SEND_GRACE)
@@ -231,6 +253,7 @@ def run(setup: Setup, clock: Callable[[], datetime] = system_clock) -> int:
                     await asyncio.wait_for(dispatcher.aclose(), CLOSE_GRACE)
                 except TimeoutError:
                     log.warning("smarthost-close-timeout")
+                watchdog.cancel()
 
     with setup:
         asyncio.run(main())
