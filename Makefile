@@ -14,12 +14,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	@touch $(STAMP)
 
-# Debian packages the tests and the demo run for real: gpg and its agent, and
-# sqop (Sequoia) to check interoperability with an independent OpenPGP stack.
+# Debian packages the tests and the demo run for real: gpg and its agent,
+# sqop (Sequoia) to check interoperability with an independent OpenPGP stack,
+# and Postfix as a real smarthost (tests/postfix.py runs a private instance;
+# "No configuration" keeps the package from setting up a system one on port 25).
 system-deps:
-	@command -v gpg >/dev/null && command -v gpg-agent >/dev/null && command -v sqop >/dev/null || \
-	  { $(SUDO) apt-get update && \
-	    $(SUDO) apt-get install -y --no-install-recommends gnupg gpg-agent sqop; }
+	@command -v gpg >/dev/null && command -v gpg-agent >/dev/null && command -v sqop >/dev/null && \
+	  test -x /usr/sbin/postfix || \
+	  { echo "postfix postfix/main_mailer_type select No configuration" | $(SUDO) debconf-set-selections && \
+	    $(SUDO) apt-get update && \
+	    $(SUDO) env DEBIAN_FRONTEND=noninteractive \
+	      apt-get install -y --no-install-recommends gnupg gpg-agent sqop postfix; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check maild tests
