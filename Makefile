@@ -16,15 +16,23 @@ $(STAMP): pyproject.toml
 
 # Debian packages the tests and the demo run for real: gpg and its agent,
 # sqop (Sequoia) to check interoperability with an independent OpenPGP stack,
-# and systemd's tools (systemd-analyze, -sysusers, -tmpfiles) plus procps
-# (/bin/kill, the unit's ExecReload) to check the files in systemd/.
+# systemd's tools (systemd-analyze, -sysusers, -tmpfiles) plus procps
+# (/bin/kill, the unit's ExecReload) to check the files in systemd/, and
+# Postfix as a real smarthost (tests/postfix.py runs a private instance;
+# "No configuration" keeps the package from setting up a system one on port 25).
+# Each package is named with a file it provides; any missing means one install.
+DEBIAN_DEPS := gnupg:/usr/bin/gpg gpg-agent:/usr/bin/gpg-agent sqop:/usr/bin/sqop \
+	systemd:/usr/bin/systemd-analyze procps:/bin/kill postfix:/usr/sbin/postfix
+
 system-deps:
-	@command -v gpg >/dev/null && command -v gpg-agent >/dev/null && command -v sqop >/dev/null || \
-	  { $(SUDO) apt-get update && \
-	    $(SUDO) apt-get install -y --no-install-recommends gnupg gpg-agent sqop; }
-	@command -v systemd-analyze >/dev/null && test -x /bin/kill || \
-	  { $(SUDO) apt-get update && \
-	    $(SUDO) apt-get install -y --no-install-recommends systemd procps; }
+	@missing="$(foreach d,$(DEBIAN_DEPS),$(if $(wildcard $(lastword $(subst :, ,$(d)))),,$(firstword $(subst :, ,$(d)))))"; \
+	if [ -n "$$(echo $$missing)" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  echo "postfix postfix/main_mailer_type select No configuration" | $(SUDO) debconf-set-selections && \
+	  $(SUDO) apt-get update && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y --no-install-recommends $$missing; \
+	fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check maild tests
