@@ -125,22 +125,22 @@ class KeyWatch:
         seen = (self.store.data_version(), id(w.orgs))
         if seen == self._seen and (self._next is None or now < self._next):
             return
-        self._next = None
+        soonest: datetime | None = None
         looking = set()
         for record in self.store.list_advisories():
             if record.state is not AdvisoryState.SCHEDULED:
                 continue
             notify_at = record.plan.notify_at
             due, later = notices_to_watch(notify_at, now)
-            if later is not None and (self._next is None or later < self._next):
-                self._next = later
+            if later is not None and (soonest is None or later < soonest):
+                soonest = later
             if not due or notify_at is None:
                 continue
             looking.add((record.id, notify_at))
             if (record.id, notify_at) not in self._done:
                 self._warn(record, notify_at, now, w)
-        self._done = looking
-        self._seen = seen
+        # Only a look that went through to the end stands (else the next tick looks again).
+        self._seen, self._next, self._done = seen, soonest, looking
 
     def _warn(self, record: AdvisoryRecord, notify_at: datetime, now: datetime, w: Watched) -> None:
         risks = at_risk(
