@@ -236,7 +236,8 @@ def cmd_disclose_now(args: argparse.Namespace) -> int:
 def cmd_orgs_check(args: argparse.Namespace) -> int:
     setup = setup_for(args, "orgs check", *CORE)
     with setup:
-        findings = setup.org_findings(now())
+        at = now()
+        findings = setup.org_findings(at) + setup.watch_findings(at)
         orgs = setup.orgs
         active = len(orgs.public())
         print(f"{setup.config.orgs_file}: {len(orgs.orgs)} organisations read, {active} active")
@@ -409,8 +410,10 @@ def build_parser() -> argparse.ArgumentParser:
     o = orgs_sub.add_parser(
         "check",
         help="validate orgs.toml and every pinned key; exit 2 on any problem",
-        description="Report every problem with the list and its keys, org by org, and warn of "
-        "keys expiring within 30 days.",
+        description="Report every problem with the list and its keys, org by org, one line "
+        "each. Warn (exit 0) of pinned, member and identity keys expiring within 30 days, and, "
+        "for each advisory still waiting for its notice time, of each recipient that would be "
+        "blocked then (key missing or unusable now, or expiring before the notice time).",
         epilog=EPILOG,
     )
     o.set_defaults(handler=cmd_orgs_check)

@@ -147,3 +147,61 @@ def test_check_config_refuses_a_member_key_that_cannot_encrypt(cli: CLI, world: 
     world.config.write_text(text)
     bad = cli("--config", str(world.config), "check-config")
     assert bad.code == 2 and "intake.members" in bad.err and "cannot encrypt" in bad.err
+
+
+def test_member_and_identity_keys_expiring_within_30_days_are_warnings(
+    cli: CLI, world: World
+) -> None:
+    """`orgs check` warns, one line each, of a member key and of maild's
+    identity key expiring within 30 days, and still exits 0."""
+    world.add_key("soon")
+    world.members = ("member", "soon")
+    with Keyring(world.root / "state" / "gnupg") as ring:
+        world.identity = ring.generate("maild <security@maild.example>", expire="20d")
+    world.write_config()
+    code, out = check(cli, world)
+    assert code == 0, out
+    lines = out.splitlines()
+    soon = world.keys.fpr["soon"]
+    assert any(
+        line.startswith(f"warning intake.members {soon}: key expires on ")
+        and line.endswith("(within 30 days): ask the member for an extended key")
+        for line in lines
+    ), out
+    assert any(
+        line.startswith(f"warning identity.signing_key {world.identity}: key expires on ")
+        and "gpg --quick-set-expire" in line
+        for line in lines
+    ), out
+    assert "0 problem(s), 2 warning(s)" in out
+
+
+def test_recipients_blocked_at_a_pending_notice_time_are_warnings(cli: CLI, world: World) -> None:
+    """For an advisory still waiting for its notice time, `orgs check` warns
+    of each recipient that would be blocked then (here an org whose key
+    expires before it), naming the advisory, the notice time, the org, the
+    address and the key; recipients whose keys will do are not listed."""
+    world.add_key("soon")
+    soon = world.keys.fpr["soon"]
+    world.write_orgs(world.orgs_text + org_entry("soon", "sec@soon.example", soon))
+    submitted = cli("--config", str(world.config), "submit", str(world.advisory()), "--json")
+    assert submitted.code == 0, submitted.err
+    advisory_id, notify_at = submitted.json()["id"], submitted.json()["plan"]["notify_at"]
+    code, out = check(cli, world)
+    assert code == 0, out
+    (line,) = [x for x in out.splitlines() if x.startswith("warning advisory ")]
+    assert line.startswith(
+        f"warning advisory {advisory_id} (notices at {notify_at}): org soon: "
+        f"sec@soon.example: key {soon}: would be blocked at the notice time: key expires on "
+    )
+    assert line.endswith(", before the notice time")
+    assert "0 problem(s), 2 warning(s)" in out  # and the key's own expiry warning
+
+
+def test_orgs_check_does_not_create_the_state_database(cli: CLI, world: World) -> None:
+    """On a host where maild has not run yet, `orgs check` reads no advisory
+    and leaves no state database behind (it could be owned by the wrong user)."""
+    assert not world.database.exists()
+    code, out = check(cli, world)
+    assert code == 0, out
+    assert not world.database.exists()

@@ -222,7 +222,8 @@ def test_blocked_recipient_gets_nothing_and_the_wg_is_alerted(
     harness: Harness, world: World
 ) -> None:
     """A recipient whose key was revoked gets nothing at all; each WG member
-    gets an alert encrypted to their own key."""
+    gets alerts encrypted to their own key (here two: the blocked notice's,
+    and, as the notice time is a day away, the list of who is blocked then)."""
     world.add_key("revoked")
     world.write_orgs(
         world.orgs_text + org_entry("rev", "sec@revoked.example", world.keys.fpr["revoked"])
@@ -235,9 +236,15 @@ def test_blocked_recipient_gets_nothing_and_the_wg_is_alerted(
     assert harness.received("sec@revoked.example") == []
     rev = [m for m in harness.messages(the_id(harness)) if m.org == "rev"]
     assert [m.state for m in rev] == [MessageState.BLOCKED] and "revoked" in (rev[0].detail or "")
-    (alert,) = harness.received("m@wg.example")
-    plain, signer = decrypt_as(harness, "member", armored_part(alert))
-    assert signer == world.identity and b"blocked" in plain
+    alerts = [
+        decrypt_as(harness, "member", armored_part(a)) for a in harness.received("m@wg.example")
+    ]
+    assert [signer for _, signer in alerts] == [world.identity] * 2
+    subjects = sorted(str(parse(plain)["Subject"]) for plain, _ in alerts)
+    assert subjects == [
+        "maild alert: notice to rev <sec@revoked.example> blocked",
+        "maild alert: recipients blocked at the notice time: 1",
+    ]
     fresh.__exit__(None, None, None)
 
 

@@ -30,6 +30,7 @@ from maild.adapters.store import (
     message_order,
     message_to_row,
     messages_to_rows,
+    meta_row,
     not_stored,
     payload_row,
     prepare_event,
@@ -59,6 +60,7 @@ class MemoryStore:
         self._events: list[Row] = []
         self._payloads: dict[str, Row] = {}
         self._signatures: dict[str, Row] = {}
+        self._meta: dict[str, Row] = {}
         self._advisory_writes = 0
         self._closed = False
 
@@ -165,6 +167,15 @@ class MemoryStore:
             return False
         self._signatures[sig_id] = row
         return True
+
+    def get_meta(self, name: str) -> str | None:
+        self._check_open()
+        row = self._meta.get(name)
+        return None if row is None else str(row["value"])
+
+    def set_meta(self, name: str, value: str) -> None:
+        self._check_open()
+        self._meta[name] = meta_row(name, value)
 
     def update_messages(self, messages: Sequence[MessageRecord]) -> None:
         self._check_open()

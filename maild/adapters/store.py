@@ -218,6 +218,14 @@ MIGRATIONS: list[str] = [
         seen_at TEXT NOT NULL
     );
     """,
+    # v5, key health: small facts the daemon keeps between runs (the date of
+    # the last daily key check), by name.
+    """
+    CREATE TABLE meta (
+        name TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    """,
 ]
 
 ADVISORY_COLUMNS = (
@@ -470,6 +478,12 @@ def signature_row(sig_id: str, signer: str, signed_at: datetime, seen_at: dateti
     }
 
 
+def meta_row(name: str, value: str) -> Row:
+    if not isinstance(name, str) or not name or not isinstance(value, str):
+        raise StoreError(f"meta {name!r}: needs a non-empty name and a text value")
+    return {"name": name, "value": value}
+
+
 def message_filter(
     kinds: Sequence[MessageKind],
     states: Sequence[MessageState],
@@ -645,6 +659,15 @@ class SqliteStore:
                 return False
             conn.execute(_insert("signatures", tuple(row)), row)
             return True
+
+    def get_meta(self, name: str) -> str | None:
+        rows = self._query("SELECT value FROM meta WHERE name = ?", (name,))
+        return str(rows[0]["value"]) if rows else None
+
+    def set_meta(self, name: str, value: str) -> None:
+        row = meta_row(name, value)
+        with _transaction(self._conn, self.path) as conn:
+            conn.execute("INSERT OR REPLACE INTO meta (name, value) VALUES (:name, :value)", row)
 
     def update_messages(self, messages: Sequence[MessageRecord]) -> None:
         rows = [message_to_row(m) for m in messages]

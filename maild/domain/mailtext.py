@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from maild.domain.businessdays import BusinessCalendar
+from maild.domain.expiry import AtRisk, Holder, KeyUse
 from maild.domain.models import AdvisoryMeta, Preannounce
 from maild.domain.policy import Plan
 
@@ -142,6 +143,63 @@ def alert(meta: AdvisoryMeta, what: str, details: Sequence[str]) -> Text:
     """A message to the WG members about something that needs a person."""
     body = "\n".join([f"maild alert for {meta.id} ({meta.title}):", "", what, "", *details, ""])
     return Text(f"maild alert: {what}", body)
+
+
+# What to do about a key that expires soon, by whose key it is.
+KEY_ADVICE = {
+    Holder.ORG: "Ask the organisation for an extended or new key. Put the updated public key "
+    "in the keys folder (if its fingerprint changed, pin the new one in orgs.toml) and "
+    "reload maild. Once the key expires the organisation gets no notices: they are held "
+    "as blocked, never sent in clear.",
+    Holder.MEMBER: "Ask the member to extend the key and send the updated public key. Put "
+    "it in the keys folder (if its fingerprint changed, update intake.members) and reload "
+    "maild. Once the key expires maild can no longer send that member replies or alerts.",
+    Holder.IDENTITY: "Extend the identity key in maild's gnupg home (gpg --quick-set-expire "
+    "FINGERPRINT 1y, then again with '*' for its subkeys), and send the updated public key "
+    "to the organisations and members. Once it expires maild cannot sign what it sends.",
+}
+
+
+def key_alert(
+    fingerprint: str, uses: Sequence[KeyUse], expires_at: datetime, calendar: BusinessCalendar
+) -> Text:
+    """To the WG: a key maild relies on expires soon (about no advisory)."""
+    lines = [
+        "maild alert: a key expires soon.",
+        "",
+        f"Key:      {fingerprint}",
+        f"Expires:  {when(expires_at, calendar)}",
+        *(f"{'Used by:' if i == 0 else '':<10}{u.label()}" for i, u in enumerate(uses)),
+        "",
+        "What to do:",
+        *(KEY_ADVICE[h] for h in dict.fromkeys(u.holder for u in uses)),
+        "",
+    ]
+    return Text(
+        f"maild alert: key {fingerprint} expires on {_short(expires_at, calendar)}",
+        "\n".join(lines),
+    )
+
+
+def at_risk_alert(
+    meta: AdvisoryMeta, notify_at: datetime, risks: Sequence[AtRisk], calendar: BusinessCalendar
+) -> Text:
+    """To the WG, a day before the notice time: who would get no notice."""
+    what = at_risk_what(len(risks))
+    details = [
+        f"Notice time: {when(notify_at, calendar)}",
+        "",
+        *(f"{r.use.label()}: key {r.use.fingerprint}: {r.reason}" for r in risks),
+        "",
+        "Unless their keys are fixed before the notice time (an extended or new key in the",
+        "keys folder, the pin in orgs.toml, then reload maild), they get no notice: it is",
+        "held as blocked, never sent in clear.",
+    ]
+    return alert(meta, what, details)
+
+
+def at_risk_what(count: int) -> str:
+    return f"recipients blocked at the notice time: {count}"
 
 
 def _short(instant: datetime, calendar: BusinessCalendar) -> str:

@@ -139,7 +139,7 @@ class MessageRecord:
     next_attempt_at: datetime | None = None  # after a deferral: not before this
     possible_duplicate: bool = False  # resent after a crash mid-transaction
     purpose: MessagePurpose = MessagePurpose.ORIGINAL
-    text: str | None = None  # a reply's subject, a blank line, its body (never advisory text)
+    text: str | None = None  # a reply's or alert's subject, a blank line, its body (no draft)
 
 
 @dataclass(frozen=True)

@@ -1,16 +1,24 @@
 """Checks an operator runs before trusting the setup: the orgs list against
-the keys folder, and the identity and member keys (time passed in)."""
+the keys folder, the identity and member keys, and the recipients of the
+advisories still waiting for their notice time (time passed in)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
 from maild.adapters.gpg import FolderImport, KeyHealth
+from maild.domain.expiry import (
+    EXPIRY_WARNING_DAYS,
+    KeyState,
+    KeyUse,
+    at_risk,
+    expiring_soon,
+    recipients,
+)
+from maild.domain.models import AdvisoryRecord, AdvisoryState
 from maild.domain.orgs import OrgList, OrgStatus
-
-EXPIRY_WARNING_DAYS = 30
 
 
 @dataclass(frozen=True)
@@ -78,14 +86,70 @@ def check_identity(signing_key: str, key: KeyHealth) -> list[Finding]:
 
 
 def check_members(
-    members: tuple[str, ...], folder: FolderImport, health: Callable[[str], KeyHealth]
+    members: tuple[str, ...],
+    folder: FolderImport,
+    health: Callable[[str], KeyHealth],
+    now: datetime,
 ) -> list[Finding]:
+    """Each member's key must be in the keys folder and usable; one that
+    expires within 30 days is a warning."""
     findings = []
     for fpr in members:
         if fpr not in folder.fingerprints:
             findings.append(Finding(True, f"intake.members {fpr}: not in the keys folder"))
             continue
-        problem = health(fpr).problem()  # replies and alerts are encrypted to it
+        key = health(fpr)
+        problem = key.problem()  # replies and alerts are encrypted to it
         if problem is not None:
             findings.append(Finding(True, f"intake.members {fpr}: {problem}"))
+        elif expiring_soon(KeyState(None, key.expires_at), now) and key.expires_at:
+            findings.append(
+                Finding(
+                    False,
+                    f"intake.members {fpr}: key expires on {key.expires_at.date()} "
+                    f"(within {EXPIRY_WARNING_DAYS} days): ask the member for an extended key",
+                )
+            )
+    return findings
+
+
+def identity_expiry(signing_key: str, key: KeyHealth, now: datetime) -> list[Finding]:
+    """A warning when the usable identity key expires within 30 days."""
+    if key.problem() is not None or not expiring_soon(KeyState(None, key.expires_at), now):
+        return []
+    assert key.expires_at is not None
+    return [
+        Finding(
+            False,
+            f"identity.signing_key {signing_key}: key expires on {key.expires_at.date()} "
+            f"(within {EXPIRY_WARNING_DAYS} days): extend it in gnupg_home "
+            "(gpg --quick-set-expire) and send the new public key to the orgs and members",
+        )
+    ]
+
+
+def check_pending_notices(
+    advisories: Iterable[AdvisoryRecord],
+    orgs: OrgList,
+    judge: Callable[[KeyUse], KeyState],
+    now: datetime,
+) -> list[Finding]:
+    """For each scheduled advisory still waiting for its notice time, a
+    warning for each recipient that would be blocked then (its key judged
+    now by `judge`: already unusable, missing, or expiring before)."""
+    findings = []
+    for record in advisories:
+        notify_at = record.plan.notify_at
+        if record.state is not AdvisoryState.SCHEDULED or notify_at is None or notify_at <= now:
+            continue
+        for risk in at_risk(recipients(orgs, record.meta.extra_recipients), judge, notify_at):
+            use = risk.use
+            findings.append(
+                Finding(
+                    False,
+                    f"advisory {record.id} (notices at {notify_at.isoformat()}): "
+                    f"org {use.org}: {use.address}: key {use.fingerprint}: "
+                    f"would be blocked at the notice time: {risk.reason}",
+                )
+            )
     return findings

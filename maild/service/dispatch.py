@@ -35,6 +35,7 @@ from maild.domain.models import (
 from maild.domain.orgs import OrgList
 from maild.service.compose import Composer, Draft
 from maild.service.embargo import fresh_message, notice_rows
+from maild.service.keywatch import KeyWatch, Watched
 from maild.service.ports import Store
 from maild.service.scheduler import SENDABLE, backoff, due, due_time, next_wake
 
@@ -136,9 +137,11 @@ class Dispatcher:
     # and the earliest key expiry it saw ahead (its verdicts hold until then).
     _synced: tuple[object, ...] | None = field(init=False, default=None)
     _sync_until: datetime | None = field(init=False, default=None)
+    _keywatch: KeyWatch = field(init=False)
 
     def __post_init__(self) -> None:
         self._journal = Journal(self.store)
+        self._keywatch = KeyWatch(self.store, self._queue_alert)
 
     async def aclose(self) -> None:
         """Close the smarthost connections."""
@@ -174,6 +177,7 @@ class Dispatcher:
         whole queue at once, so memory stays flat however long it is; one
         with nothing left to prepare is not read again to prepare it."""
         now = self.clock()
+        self._keywatch.run(now, self._watched())
         for advisory_id in sorted(self._touched):
             self._touched.discard(advisory_id)
             if (touched := self.store.get_advisory(advisory_id)) is not None:
@@ -241,17 +245,37 @@ class Dispatcher:
         items = ((r, m) for r, messages in self._work(now, sync=False) for m in messages)
         retries = [
             m.next_attempt_at
-            for m in self.store.find_messages(kinds=[MessageKind.REPLY], states=SENDABLE)
+            for m in self._on_their_own()
             if m.next_attempt_at is not None and m.next_attempt_at > now
         ]
-        times = [t for t in (next_wake(now, items), *retries) if t is not None]
+        watch = self._keywatch.next_wake(now)
+        times = [t for t in (next_wake(now, items), watch, *retries) if t is not None]
         return min(times, default=None)
 
-    # -- replies to members' mail ---------------------------------------------------
+    def _watched(self) -> Watched:
+        return Watched(
+            self.orgs,
+            self.members,
+            self.composer.signing_key,
+            self.composer.calendar,
+            self.key_health,
+            self.in_keys_folder,
+        )
+
+    # -- replies to members' mail, and alerts about no advisory ---------------------
+    def _on_their_own(self) -> list[MessageRecord]:
+        """Sendable messages made from their own stored text, not from an
+        advisory: replies, and alerts about no advisory (key expiry)."""
+        found = self.store.find_messages(
+            kinds=[MessageKind.REPLY, MessageKind.ALERT], states=SENDABLE
+        )
+        return [m for m in found if m.kind is MessageKind.REPLY or m.advisory_id is None]
+
     async def _send_replies(self) -> None:
-        """Replies to members' mail that are due: each prepared (signed, and
-        encrypted to the member) and sent, one after another, as they are few."""
-        for m in self.store.find_messages(kinds=[MessageKind.REPLY], states=SENDABLE):
+        """Replies and advisory-less alerts that are due: each prepared
+        (signed, and encrypted to the member) and sent, one after another, as
+        they are few; retried with backoff like any message."""
+        for m in self._on_their_own():
             if self.stopping():
                 return
             if m.next_attempt_at is not None and m.next_attempt_at > self.clock():
@@ -271,7 +295,7 @@ class Dispatcher:
                     problem = f"cannot prepare: {exc}"
             if problem is not None:
                 self.store.update_messages([replace(m, state=MessageState.BLOCKED, detail=problem)])
-                log.warning("reply-blocked", message=m.message_id)
+                log.warning(f"{m.kind.value}-blocked", message=m.message_id)
                 return
             self.store.put_payload(m.message_id, REPLY_VERSION, data, now)
         else:
@@ -283,7 +307,7 @@ class Dispatcher:
         )
         done = self._outcome(sending, result, last_try=sending.attempts >= REPLY_ATTEMPTS)
         self.store.update_messages([done])
-        log.info("sent", kind="reply", message=m.message_id, state=done.state.value)
+        log.info("sent", kind=m.kind.value, message=m.message_id, state=done.state.value)
 
     # -- rows ---------------------------------------------------------------------
     def _sync(self, record: AdvisoryRecord, now: datetime) -> list[MessageRecord]:
@@ -402,14 +426,33 @@ class Dispatcher:
         details: list[str],
         now: datetime,
     ) -> bool:
-        """Queue one alert per member, once per `about` (ids are derived from it);
-        True when any was added."""
-        have = {m.envid for m in messages}
+        """Queue one alert per member about this advisory, once per `about`."""
+        text = mailtext.alert(record.meta, what, details)
+        return self._queue_alert(record.id, about, text, what, {m.envid for m in messages}, now)
+
+    def _queue_alert(
+        self,
+        advisory_id: str | None,
+        about: str,
+        text: mailtext.Text,
+        what: str,
+        have: set[str] | None = None,
+        now: datetime | None = None,
+    ) -> bool:
+        """Queue one alert per member, once per `about` (ids are derived from
+        it; `have`: the envids already stored, else looked up), with its text;
+        True when any was added. Without an advisory it goes on its own path."""
+        now = now if now is not None else self.clock()
+        envids = {
+            m.fingerprint: "alert-"
+            + hashlib.sha256(f"{about}|{m.fingerprint}".encode()).hexdigest()[:32]
+            for m in self.members
+        }
+        if have is None:
+            have = {e for e in envids.values() if self.store.find_messages(envid=e)}
         rows = []
         for member in self.members:
-            envid = (
-                "alert-" + hashlib.sha256(f"{about}|{member.fingerprint}".encode()).hexdigest()[:32]
-            )
+            envid = envids[member.fingerprint]
             if envid in have:
                 continue
             problem = (
@@ -419,7 +462,7 @@ class Dispatcher:
             )
             rows.append(
                 MessageRecord(
-                    advisory_id=record.id,
+                    advisory_id=advisory_id,
                     kind=MessageKind.ALERT,
                     address=member.address or "(none)",
                     message_id=f"<{envid}@{self.mail_domain}>",
@@ -427,11 +470,12 @@ class Dispatcher:
                     state=MessageState.QUEUED if problem is None else MessageState.BLOCKED,
                     fingerprint=member.fingerprint,
                     detail=problem or what,
+                    text=f"{text.subject}\n\n{text.body}",
                 )
             )
-            log.warning("alert", advisory=record.id, what=what.split(" ")[0])
+            log.warning("alert", advisory=advisory_id, what=what.split(" ")[0])
         if rows:
-            self.store.add_messages(record.id, rows)
+            self.store.add_messages(advisory_id, rows)
         return bool(rows)
 
     def _new(self, record: AdvisoryRecord, kind: MessageKind, address: str) -> MessageRecord:
@@ -544,7 +588,9 @@ class Dispatcher:
             assert draft is not None
             text = mailtext.disclosure(record.meta, draft.text)
             return self.composer.public(m, text, record.plan.disclose_at)
-        what = m.detail or "maild needs attention"
+        if m.text is not None:  # an alert keeps the text it was queued with
+            return self.composer.reply(m, now)
+        what = m.detail or "maild needs attention"  # queued before alerts kept their text
         text = mailtext.alert(record.meta, what, [])
         return self.composer.encrypted(m, text, [], now, now)
 

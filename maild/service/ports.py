@@ -91,6 +91,14 @@ class Store(Protocol):
         written) when it was seen before: the mail is a replay."""
         ...
 
+    def get_meta(self, name: str) -> str | None:
+        """A small fact kept between runs (the last daily key check), or None."""
+        ...
+
+    def set_meta(self, name: str, value: str) -> None:
+        """Keep (or replace) the fact `name`."""
+        ...
+
     def update_messages(self, messages: Sequence[MessageRecord]) -> None:
         """Record new receipt fields (state, attempts, SMTP reply...) for
         messages found by message_id, all in one transaction."""

@@ -9,9 +9,17 @@ from types import TracebackType
 from maild.adapters.gpg import FolderImport, KeyHealth, Keyring
 from maild.adapters.store import SqliteStore
 from maild.config import Config
+from maild.domain.expiry import KeyState, KeyUse
 from maild.domain.models import AdvisoryRecord
 from maild.domain.orgs import OrgList, parse_orgs
-from maild.service.checks import Finding, check_identity, check_members, check_orgs
+from maild.service.checks import (
+    Finding,
+    check_identity,
+    check_members,
+    check_orgs,
+    check_pending_notices,
+    identity_expiry,
+)
 from maild.service.embargo import Desk, UserError, find
 
 
@@ -121,10 +129,12 @@ class Setup:
         """Identity, members, then the orgs list: for check-config."""
         identity = self.config.identity
         assert identity is not None
-        found = check_identity(identity.signing_key, self.health(identity.signing_key, now))
+        key = self.health(identity.signing_key, now)
+        found = check_identity(identity.signing_key, key)
+        found += identity_expiry(identity.signing_key, key, now)
         if self.config.intake is not None:
             found += check_members(
-                self.config.intake.members, self.folder, lambda fpr: self.health(fpr, now)
+                self.config.intake.members, self.folder, lambda fpr: self.health(fpr, now), now
             )
         return found + self.org_findings(now)
 
@@ -139,3 +149,25 @@ class Setup:
         if structural or identity:
             raise UserError((structural + identity)[0])
         return [f.text for f in problems]
+
+    def watch_findings(self, now: datetime) -> list[Finding]:
+        """For `orgs check`, beside the list: warnings for the identity and
+        member keys expiring within 30 days, and for the recipients that
+        would be blocked at the notice time of an advisory still waiting for
+        it. The state database is read only if it exists (never created)."""
+        identity = self.config.identity
+        assert identity is not None and self.config.daemon is not None
+        found = identity_expiry(identity.signing_key, self.health(identity.signing_key, now), now)
+        if self.config.intake is not None:
+            members = check_members(
+                self.config.intake.members, self.folder, lambda fpr: self.health(fpr, now), now
+            )
+            found += [f for f in members if not f.problem]  # problems: check-config's
+        if not self.config.daemon.database.exists():
+            return found
+
+        def judge(use: KeyUse) -> KeyState:
+            expires_at = self.health(use.fingerprint, now).expires_at
+            return KeyState(self.key_problem(use.fingerprint, now), expires_at)
+
+        return found + check_pending_notices(self.store.list_advisories(), self.orgs, judge, now)
