@@ -33,6 +33,7 @@ from maild.domain.models import (
     Preannounce,
 )
 from maild.domain.orgs import OrgList
+from maild.service import failpoints
 from maild.service.compose import Composer, Draft
 from maild.service.embargo import fresh_message, notice_rows
 from maild.service.ports import Store
@@ -94,6 +95,7 @@ class Journal:
                 self._claims, self._outcomes, self._waiting = [], [], []
                 try:
                     taken = self.store.commit_receipts(outcomes, claims)
+                    failpoints.hit("release", len(outcomes))
                 except Exception as exc:
                     for _, f in waiting:
                         f.set_exception(exc)
@@ -626,6 +628,7 @@ class Dispatcher:
             result = await self.smarthost.send(
                 Envelope(self.envelope_sender, m.address, stored[1], envid=m.envid)
             )
+            failpoints.hit("after-data")
             deadline = record.plan.disclose_at if m.kind in EMBARGOED_MAIL else None
             outcome = self._outcome(sending, result, deadline=deadline)
         if outcome is not None:
