@@ -2,7 +2,8 @@
 
 It sleeps until the next message is due, waking at least every 30 s and
 within 1 s of a change made by the CLI; SIGTERM or SIGINT lets the SMTP
-transactions in flight finish, then it exits.
+transactions in flight finish, then it exits. A pass that cannot write (a
+full disk) is logged and tried again after RETRY, never a reason to exit.
 """
 
 from __future__ import annotations
@@ -28,11 +29,13 @@ from maild.service.compose import Composer
 from maild.service.dispatch import Dispatcher, Member
 from maild.service.embargo import UserError
 from maild.service.intake import Intake
+from maild.service.ports import StoreError
 from maild.service.setup import Setup
 
 MAX_SLEEP = timedelta(seconds=30)
 LISTENER_GRACE = 5.0  # seconds SMTP intake sessions get to end at shutdown
 POLL = 1.0  # seconds between checks for CLI changes
+RETRY = timedelta(seconds=5)  # after a pass that failed to write (a full disk)
 log = structlog.get_logger("maild.daemon")
 
 
@@ -168,10 +171,20 @@ async def serve(
     dispatcher.stopping = stop.is_set
     dispatcher.recover()
     log.info("started")
+    failed = False
     while not stop.is_set():
         seen = store.data_version()
         poked.clear()
-        next_at = await dispatcher.tick()
+        try:
+            if failed:  # what the failed pass left `sending` goes again, flagged
+                dispatcher.recover()
+            next_at = await dispatcher.tick()
+            failed = False
+        except (StoreError, OSError) as exc:
+            # A full disk, say: the queue is safe in the store, so keep going
+            # and try again soon (exiting would only restart into the same wall).
+            log.error("pass-failed", error=str(exc), retry_in=RETRY.total_seconds())
+            failed, next_at = True, clock() + RETRY
         deadline = clock() + MAX_SLEEP
         if next_at is not None and next_at < deadline:
             deadline = next_at

@@ -561,8 +561,14 @@ class Dispatcher:
             return set()
         todo = iter(items)
         done: list[MessageRecord] = []
-        senders = min(self.connections, len(items))
-        await asyncio.gather(*(self._sender(todo, done) for _ in range(senders)))
+        count = min(self.connections, len(items))
+        senders = [asyncio.ensure_future(self._sender(todo, done)) for _ in range(count)]
+        try:
+            await asyncio.gather(*senders)
+        finally:  # one failed (the store could not write): stop the others too
+            for sender in senders:
+                sender.cancel()
+            await asyncio.gather(*senders, return_exceptions=True)
         records = {r.id: r for r, _ in items}
         by_advisory: dict[str, list[MessageRecord]] = {}
         for m in done:
