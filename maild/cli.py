@@ -28,6 +28,7 @@ from maild.service.embargo import Patch, UserError
 from maild.service.ports import StoreError
 from maild.service.setup import Setup
 
+LOW_SPACE = 1 << 20  # bytes free: below this, a failure is put down to the full disk
 EPILOG = "Exit status: 0 success, 2 bad input or usage, 1 any other failure."
 
 
@@ -40,16 +41,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
-    except (SourceError, UserError, PolicyError) as exc:
-        return _fail(str(exc), 2)
-    except (StoreError, GpgError, OSError) as exc:
-        return _fail(str(exc), 1)
     except KeyboardInterrupt:
         return _fail("interrupted", 1)
-    except Exception as exc:  # never a traceback for the operator
-        if os.environ.get("MAILD_DEBUG"):
-            raise
-        return _fail(f"internal error: {type(exc).__name__}: {exc} (MAILD_DEBUG=1 shows more)", 1)
+    except Exception as exc:
+        full = _full_disk(args)
+        return _fail(full, 1) if full is not None else _failure(exc)
+
+
+def _failure(exc: Exception) -> int:
+    """One line on stderr for a failed command; returns its exit code."""
+    if isinstance(exc, (SourceError, UserError, PolicyError)):
+        return _fail(str(exc), 2)
+    if isinstance(exc, (StoreError, GpgError, OSError)):
+        return _fail(str(exc), 1)
+    if os.environ.get("MAILD_DEBUG"):
+        raise exc
+    # never a traceback for the operator
+    return _fail(f"internal error: {type(exc).__name__}: {exc} (MAILD_DEBUG=1 shows more)", 1)
+
+
+def _full_disk(args: argparse.Namespace) -> str | None:
+    """The line to show when a command failed on a (nearly) full disk under
+    maild's state or gnupg home: that is then the cause, which gpg and SQLite
+    report in misleading ways ("no secret key", "disk I/O error")."""
+    try:
+        daemon = configuration.load(configuration.resolve_path(args.config)).daemon
+    except Exception:
+        return None  # no config to look at: the original error says why
+    for folder in (daemon.state_dir, daemon.gnupg_home) if daemon is not None else ():
+        try:
+            fs = os.statvfs(folder)
+        except OSError:
+            continue
+        free = fs.f_bavail * fs.f_frsize
+        if free < LOW_SPACE:
+            return f"{folder}: disk full ({free // 1024} KiB free); free some space and try again"
+    return None
 
 
 def _fail(message: str, code: int) -> int:

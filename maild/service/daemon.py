@@ -2,7 +2,8 @@
 
 It sleeps until the next message is due, waking at least every 30 s and
 within 1 s of a change made by the CLI; SIGTERM or SIGINT lets the SMTP
-transactions in flight finish, then it exits.
+transactions in flight finish, then it exits. A pass that cannot write (a
+full disk) is logged and tried again after RETRY, never a reason to exit.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from maild.service.compose import Composer
 from maild.service.dispatch import Dispatcher, Member
 from maild.service.embargo import UserError
 from maild.service.intake import Intake
+from maild.service.ports import StoreError
 from maild.service.setup import Setup
 from maild.service.status import queue_size, tick_status
 
@@ -41,6 +43,7 @@ SEND_GRACE = 6.0
 LISTENER_GRACE = 2.0
 CLOSE_GRACE = 1.5
 POLL = 1.0  # seconds between checks for CLI changes
+RETRY = timedelta(seconds=5)  # after a pass that failed to write (a full disk)
 log = structlog.get_logger("maild.daemon")
 
 
@@ -168,6 +171,7 @@ async def serve(
     dispatcher.stopping = stop.is_set
     dispatcher.recover()
     log.info("started")
+    failed = False
     while not stop.is_set():
         if hup.is_set():
             hup.clear()
@@ -175,7 +179,16 @@ async def serve(
                 await reload()
         seen = store.data_version()
         poked.clear()
-        next_at = await dispatcher.tick()
+        try:
+            if failed:  # what the failed pass left `sending` goes again, flagged
+                dispatcher.recover()
+            next_at = await dispatcher.tick()
+            failed = False
+        except (StoreError, OSError) as exc:
+            # A full disk, say: the queue is safe in the store, so keep going
+            # and try again soon (exiting would only restart into the same wall).
+            log.error("pass-failed", error=str(exc), retry_in=RETRY.total_seconds())
+            failed, next_at = True, clock() + RETRY
         if ticked is not None:
             ticked(next_at)
         deadline = clock() + MAX_SLEEP
@@ -296,6 +309,12 @@ class Running:
             log.error("reload-failed", reason=str(exc))
             return
         before, smarthost = self.setup.orgs, self.dispatcher.smarthost
+        try:
+            stale = reload.stale_payloads(self.dispatcher.store, before, reloaded)
+            again = self.dispatcher.store.discard_payloads(stale)
+        except (StoreError, OSError) as exc:  # a full disk: keep running as before
+            log.error("reload-failed", reason=str(exc))
+            return
         reload.adopt(self.dispatcher, fresh, keep=("store", "clock", "pool", "stopping"))
         self.dispatcher.resync()
         reload.adopt(
@@ -304,8 +323,6 @@ class Running:
             keep=("store", "keyring", "clock", "pool", "wake", "limits"),
         )
         self.setup = reloaded.setup
-        stale = reload.stale_payloads(self.dispatcher.store, before, reloaded)
-        again = self.dispatcher.store.discard_payloads(stale)
         await smarthost.close()  # between ticks: no transaction is open on it
         for problem in reloaded.warnings:
             log.warning("setup-problem", problem=problem)

@@ -33,6 +33,7 @@ from maild.domain.models import (
     Preannounce,
 )
 from maild.domain.orgs import OrgList
+from maild.service import failpoints
 from maild.service.compose import Composer, Draft
 from maild.service.embargo import fresh_message, notice_rows
 from maild.service.keywatch import KeyWatch, Watched
@@ -95,6 +96,7 @@ class Journal:
                 self._claims, self._outcomes, self._waiting = [], [], []
                 try:
                     taken = self.store.commit_receipts(outcomes, claims)
+                    failpoints.hit("release", len(outcomes))
                 except Exception as exc:
                     for _, f in waiting:
                         f.set_exception(exc)
@@ -605,8 +607,14 @@ class Dispatcher:
             return set()
         todo = iter(items)
         done: list[MessageRecord] = []
-        senders = min(self.connections, len(items))
-        await asyncio.gather(*(self._sender(todo, done) for _ in range(senders)))
+        count = min(self.connections, len(items))
+        senders = [asyncio.ensure_future(self._sender(todo, done)) for _ in range(count)]
+        try:
+            await asyncio.gather(*senders)
+        finally:  # one failed (the store could not write): stop the others too
+            for sender in senders:
+                sender.cancel()
+            await asyncio.gather(*senders, return_exceptions=True)
         records = {r.id: r for r, _ in items}
         by_advisory: dict[str, list[MessageRecord]] = {}
         for m in done:
@@ -672,6 +680,7 @@ class Dispatcher:
             result = await self.smarthost.send(
                 Envelope(self.envelope_sender, m.address, stored[1], envid=m.envid)
             )
+            failpoints.hit("after-data")
             deadline = record.plan.disclose_at if m.kind in EMBARGOED_MAIL else None
             outcome = self._outcome(sending, result, deadline=deadline)
         if outcome is not None:

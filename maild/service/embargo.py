@@ -28,6 +28,7 @@ from maild.domain.models import (
 )
 from maild.domain.orgs import Org, OrgList
 from maild.domain.policy import Plan, PolicyError, plan
+from maild.service import failpoints
 from maild.service.ports import Store
 
 UNASSIGNED = "(unassigned)"  # parse_advisory's id for a file without one, replaced at once
@@ -113,7 +114,9 @@ class Desk:
                 **({"awaiting_approval": True} if needs_approval else {}),
             },
         )
-        self.store.add_advisory(record, messages, event)
+        with self.store.atomic():
+            self.store.add_advisory(record, messages, event)
+            failpoints.hit("submit-commit")
         return record
 
     def approve(self, advisory_id: str, now: datetime, actor: str) -> AdvisoryRecord:

@@ -31,7 +31,7 @@ from maild.domain.mimeparse import DEFAULT_LIMITS, Entity, Limits, MimeError, pa
 from maild.domain.models import MessageKind, MessageRecord, MessageState, NewEvent
 from maild.domain.policy import PolicyError
 from maild.domain.tomlsource import SourceError
-from maild.service import replies
+from maild.service import failpoints, replies
 from maild.service.embargo import Desk, Patch, UserError, bundle, find, fresh_message
 from maild.service.ports import Store
 from maild.service.views import Clock
@@ -206,6 +206,7 @@ class Intake:
             self.store.add_messages(
                 advisory_id, [self._reply(found.fingerprint, advisory_id, text)]
             )
+            failpoints.hit("intake-commit")
         log.info("member-mail", signer=found.fingerprint, advisory=advisory_id)
         self.wake(advisory_id)
         return ACCEPTED
