@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from maild import config as configuration
+from maild.adapters.disk import full_disk
 from maild.adapters.gpg import GpgError
 from maild.domain.activity import DEFAULT_LAST, activity
 from maild.domain.models import MessageKind
@@ -28,7 +29,6 @@ from maild.service.embargo import Patch, UserError
 from maild.service.ports import StoreError
 from maild.service.setup import Setup
 
-LOW_SPACE = 1 << 20  # bytes free: below this, a failure is put down to the full disk
 EPILOG = "Exit status: 0 success, 2 bad input or usage, 1 any other failure."
 
 
@@ -68,15 +68,9 @@ def _full_disk(args: argparse.Namespace) -> str | None:
         daemon = configuration.load(configuration.resolve_path(args.config)).daemon
     except Exception:
         return None  # no config to look at: the original error says why
-    for folder in (daemon.state_dir, daemon.gnupg_home) if daemon is not None else ():
-        try:
-            fs = os.statvfs(folder)
-        except OSError:
-            continue
-        free = fs.f_bavail * fs.f_frsize
-        if free < LOW_SPACE:
-            return f"{folder}: disk full ({free // 1024} KiB free); free some space and try again"
-    return None
+    if daemon is None:
+        return None
+    return full_disk((daemon.state_dir, daemon.gnupg_home))
 
 
 def _fail(message: str, code: int) -> int:

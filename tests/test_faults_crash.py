@@ -387,10 +387,11 @@ def test_the_daemon_rides_out_a_full_disk(
     cli: CLI, world: World, disk: Disk, sink: Sink, start: Start
 ) -> None:
     """The running daemon with its disk full: a member's mailed advisory gets
-    a 4xx (never 250); notices falling due cannot be claimed, and the daemon
-    says so in its log and keeps running (no exit, so no restart loop) with
-    the queue intact; once space is freed, the same process sends every
-    notice, once, and the same mail sent again is accepted."""
+    451 4.3.1 (never 250, never a refusal for good); notices falling due
+    cannot be claimed, and the daemon says so in its log and keeps running
+    (no exit, so no restart loop) with the queue intact; once space is
+    freed, the same process sends every notice, once, and the same mail
+    sent again is accepted."""
     daemon = start()
     notify_at = datetime.now(UTC) + timedelta(seconds=10)
     adv = submit_at(cli, world, notify_at)
@@ -400,7 +401,9 @@ def test_the_daemon_rides_out_a_full_disk(
     disk.fill()
     assert datetime.now(UTC) < notify_at, "the machine is too slow for this test"
     reply = send_mail(world, mail)
-    assert re.match(r"failed: SMTPDataError: \(4\d\d,", reply), reply
+    # Deferred for the disk, not refused for good (gpg cannot even start):
+    assert re.match(r"failed: SMTPDataError: \(451, '4\.3\.1 Insufficient system storage", reply)
+    assert '"event": "mail-deferred"' in daemon.text()
     wait_for(
         "a failed pass, or an exit",
         lambda: '"event": "pass-failed"' in daemon.text() or daemon.proc.poll() is not None,

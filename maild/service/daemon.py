@@ -20,6 +20,7 @@ from email.utils import parseaddr
 
 import structlog
 
+from maild.adapters.disk import full_disk
 from maild.adapters.gpg import KeyHealth
 from maild.adapters.smtp_in import ListenerConfig, start_listener
 from maild.adapters.smtp_out import Smarthost
@@ -107,8 +108,9 @@ def build_intake(
 ) -> Intake:
     """The mail intake, committing to the dispatcher's store (same thread)."""
     cfg = setup.config
-    assert cfg.identity and cfg.intake
+    assert cfg.identity and cfg.intake and cfg.daemon
     identity = cfg.identity.signing_key
+    folders = (cfg.daemon.state_dir, cfg.daemon.gnupg_home)
 
     def wake(advisory_id: str | None) -> None:
         dispatcher.touch(advisory_id)
@@ -129,6 +131,7 @@ def build_intake(
         approvals=cfg.intake.approvals,
         max_signature_age=cfg.intake.max_signature_age,
         wake=wake,
+        full_disk=lambda: full_disk(folders),
     )
 
 

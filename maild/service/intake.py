@@ -37,6 +37,7 @@ from maild.service.ports import Store
 from maild.service.views import Clock
 
 ACCEPTED = "250 2.0.0 Ok: accepted"
+DEFERRED = "451 4.3.1 Insufficient system storage, try again later"
 REFUSED = "550 5.7.1 Message refused"  # the same for every refusal: it tells nothing
 SOURCE = "the advisory"  # how errors name a mailed advisory ("the advisory:3: ...")
 FUTURE_SKEW = timedelta(minutes=5)  # a signature this far ahead of our clock is refused
@@ -93,6 +94,9 @@ class Intake:
     max_signature_age: timedelta = timedelta(days=3)
     wake: Callable[[str | None], None] = lambda advisory_id: None  # tell the dispatcher
     limits: Limits = DEFAULT_LIMITS
+    # A line when maild's disk is (nearly) full, else None: gpg then fails in
+    # ways that look like a bad message, so nothing is refused for good.
+    full_disk: Callable[[], str | None] = lambda: None
 
     @property
     def _views(self) -> Clock:
@@ -103,6 +107,9 @@ class Intake:
         try:
             return await self._receive(message)
         except Refused as refusal:
+            if (full := self.full_disk()) is not None:
+                log.error("mail-deferred", reason=full)
+                return DEFERRED  # the sender's MTA tries again; judged then
             self._refused(refusal, message)
             return REFUSED
 
