@@ -14,12 +14,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	@touch $(STAMP)
 
-# Debian packages the tests and the demo run for real: gpg and its agent, and
-# sqop (Sequoia) to check interoperability with an independent OpenPGP stack.
+# Debian packages the tests and the demo run for real: gpg and its agent,
+# sqop (Sequoia) to check interoperability with an independent OpenPGP stack,
+# and faketime (libfaketime) to step the running daemon's wall clock.
 system-deps:
-	@command -v gpg >/dev/null && command -v gpg-agent >/dev/null && command -v sqop >/dev/null || \
+	@command -v gpg >/dev/null && command -v gpg-agent >/dev/null && command -v sqop >/dev/null && \
+	  command -v faketime >/dev/null || \
 	  { $(SUDO) apt-get update && \
-	    $(SUDO) apt-get install -y --no-install-recommends gnupg gpg-agent sqop; }
+	    $(SUDO) apt-get install -y --no-install-recommends gnupg gpg-agent sqop faketime; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check maild tests
