@@ -19,10 +19,12 @@ $(STAMP): pyproject.toml
 # systemd's tools (systemd-analyze, -sysusers, -tmpfiles) plus procps
 # (/bin/kill, the unit's ExecReload) to check the files in systemd/, and
 # Postfix as a real smarthost (tests/postfix.py runs a private instance;
-# "No configuration" keeps the package from setting up a system one on port 25).
+# "No configuration" keeps the package from setting up a system one on port 25),
+# and faketime (libfaketime) to step the running daemon's wall clock.
 # Each package is named with a file it provides; any missing means one install.
 DEBIAN_DEPS := gnupg:/usr/bin/gpg gpg-agent:/usr/bin/gpg-agent sqop:/usr/bin/sqop \
-	systemd:/usr/bin/systemd-analyze procps:/bin/kill postfix:/usr/sbin/postfix
+	systemd:/usr/bin/systemd-analyze procps:/bin/kill postfix:/usr/sbin/postfix \
+	faketime:/usr/bin/faketime
 
 system-deps:
 	@missing="$(foreach d,$(DEBIAN_DEPS),$(if $(wildcard $(lastword $(subst :, ,$(d)))),,$(firstword $(subst :, ,$(d)))))"; \

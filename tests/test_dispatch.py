@@ -8,7 +8,7 @@ import asyncio
 import email
 import email.policy
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -268,6 +268,38 @@ def test_deferred_then_accepted_with_backoff(harness: Harness) -> None:
     (m,) = [m for m in harness.messages(the_id(harness)) if m.address == "sec@good.example"]
     assert m.state is MessageState.ACCEPTED and m.attempts == 2
     assert len(harness.received("sec@good.example")) == 1
+
+
+def test_a_retry_that_falls_due_while_a_pass_sends_is_not_left_for_later(
+    harness: Harness,
+) -> None:
+    """Retries a few seconds apart: when a pass spends long enough sending the
+    first that the others fall due meanwhile, it asks to be woken at once (a
+    time already past), not at the regular wake-up 30 s later; the next pass
+    sends them."""
+    adv = the_id(harness)
+
+    def slow(reply: str | None, seconds: int) -> Callable[[str, int], str | None]:
+        def replies(rcpt: str, n: int) -> str | None:
+            harness.clock.now += timedelta(seconds=seconds)  # the transaction takes this long
+            return reply
+
+        return replies
+
+    harness.tick()
+    harness.clock.now = NOTICE
+    harness.sink.sink.replies = slow("451 4.3.0 try later", 1)
+    harness.tick()
+    retries = sorted(m.next_attempt_at for m in harness.messages(adv) if m.next_attempt_at)
+    assert len(retries) == 3 and retries[0] < retries[-1] < retries[0] + timedelta(seconds=10)
+    harness.clock.now = retries[0]
+    harness.sink.sink.replies = slow(None, 10)
+    wake = harness.tick()
+    waiting = [m for m in harness.messages(adv) if m.state is MessageState.DEFERRED]
+    assert waiting and wake is not None and wake <= harness.clock.now
+    harness.tick()
+    accepted = [m for m in harness.messages(adv) if m.state is MessageState.ACCEPTED]
+    assert len(accepted) == 3
 
 
 def test_permanent_failure_is_recorded_and_alerted(harness: Harness) -> None:

@@ -174,10 +174,13 @@ class Dispatcher:
     async def tick(self) -> datetime | None:
         """One pass: release what is prepared and due (nothing else delays
         it), prepare the rest and release what that made ready, advance the
-        advisories, and return the next future instant anything is due (None:
-        nothing waits). Each advisory is read a few times per pass, never the
-        whole queue at once, so memory stays flat however long it is; one
-        with nothing left to prepare is not read again to prepare it."""
+        advisories, and return the earliest instant after the pass began that
+        anything is due (None: nothing waits); one already past (a retry fell
+        due while the pass was sending) makes the loop go again at once rather
+        than at its regular wake-up. Each advisory is read a few times per
+        pass, never the whole queue at once, so memory stays flat however long
+        it is; one with nothing left to prepare is not read again to prepare
+        it."""
         now = self.clock()
         self._keywatch.run(now, self._watched())
         for advisory_id in sorted(self._touched):
@@ -205,7 +208,7 @@ class Dispatcher:
             if record.state.is_open:
                 self._advance(record, self.clock())
         await self._send_replies()
-        return self._next_wake(self.clock())
+        return self._next_wake(now)
 
     def _sync_state(self, now: datetime) -> tuple[object, ...] | None:
         """What a sync with the orgs list and keys would be judged on now, or None
