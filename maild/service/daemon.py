@@ -174,6 +174,7 @@ async def serve(
     dispatcher.stopping = stop.is_set
     dispatcher.recover()
     log.info("started")
+    loop = asyncio.get_running_loop()
     failed = False
     while not stop.is_set():
         if hup.is_set():
@@ -197,9 +198,12 @@ async def serve(
         deadline = clock() + MAX_SLEEP
         if next_at is not None and next_at < deadline:
             deadline = next_at
+        # The wall clock may be stepped back while maild sleeps: never longer
+        # than MAX_SLEEP by the monotonic clock either.
+        latest = loop.time() + MAX_SLEEP.total_seconds()
         events = (stop, poked, hup)
         while not any(e.is_set() for e in events) and store.data_version() == seen:
-            remaining = (deadline - clock()).total_seconds()
+            remaining = min((deadline - clock()).total_seconds(), latest - loop.time())
             if remaining <= 0:
                 break
             waits = {asyncio.ensure_future(e.wait()) for e in events}
