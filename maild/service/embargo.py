@@ -73,6 +73,21 @@ class Desk:
     ) -> AdvisoryRecord:
         """Accept an advisory; with `needs_approval` (the two-person rule) it
         waits, planned but with no messages, for another member's approve()."""
+        record, _ = self.accept(text, source, patches, now, actor, needs_approval=needs_approval)
+        return record
+
+    def accept(
+        self,
+        text: str,
+        source: str,
+        patches: Sequence[Patch],
+        now: datetime,
+        actor: str,
+        *,
+        needs_approval: bool = False,
+    ) -> tuple[AdvisoryRecord, list[MessageRecord]]:
+        """`submit`, also returning the message rows it stored (in no
+        particular order), so a caller need not read them back."""
         _check_patches(patches)
         advisory = parse_advisory(
             text, source, now=now, orgs=self.orgs.statuses(), default_id=UNASSIGNED
@@ -117,7 +132,7 @@ class Desk:
         with self.store.atomic():
             self.store.add_advisory(record, messages, event)
             failpoints.hit("submit-commit")
-        return record
+        return record, messages
 
     def approve(self, advisory_id: str, now: datetime, actor: str) -> AdvisoryRecord:
         """The second member's approval: the advisory is planned again from

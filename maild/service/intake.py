@@ -23,6 +23,7 @@ import structlog
 
 from maild.adapters.gpg import GpgError, Keyring, Signature
 from maild.adapters.smtp_in import Received
+from maild.adapters.store import message_order
 from maild.domain import inmail
 from maild.domain.businessdays import BusinessCalendar
 from maild.domain.inmail import Command, CommandError, DsnReport, Kind, Verb
@@ -244,7 +245,7 @@ class Intake:
     ) -> tuple[str | None, Text]:
         desk = replace(self.desk(now), seal=lambda plain: sealed[plain])
         try:
-            record = desk.submit(
+            record, rows = desk.accept(
                 content.body,
                 SOURCE,
                 content.patches,
@@ -255,7 +256,9 @@ class Intake:
         except BAD_INPUT as exc:
             return None, replies.failed("submit the advisory", str(exc))
         log.info("submitted", advisory=record.id, by=actor)
-        return record.id, replies.submitted(record, self.store.messages(record.id), self._views)
+        # The rows just stored, in the order the store reads them back.
+        messages = sorted(rows, key=message_order)
+        return record.id, replies.submitted(record, messages, self._views)
 
     def _command(self, command: Command, now: datetime, actor: str) -> tuple[str | None, Text]:
         ident = command.advisory_id
