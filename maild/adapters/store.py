@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import operator
 import os
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
@@ -381,9 +382,12 @@ def messages_to_rows(advisory_id: str | None, messages: Sequence[MessageRecord])
     return rows
 
 
+_message_values = operator.attrgetter(*MESSAGE_COLUMNS)
+
+
 def message_to_row(m: MessageRecord) -> Row:
     with _refusing(f"message {m.message_id!r} cannot be stored"):
-        row = {name: getattr(m, name) for name in MESSAGE_COLUMNS}
+        row = dict(zip(MESSAGE_COLUMNS, _message_values(m), strict=True))
         row["kind"] = MessageKind(m.kind).value
         row["state"] = MessageState(m.state).value
         for name in DATETIME_MESSAGE_COLUMNS:

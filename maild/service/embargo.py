@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import uuid
 from collections.abc import Callable, Sequence
@@ -317,11 +318,25 @@ def find(store: Store, advisory_id: str) -> AdvisoryRecord:
     return record
 
 
+def _tokens(count: int) -> list[str]:
+    """`count` random tokens, each as `uuid.uuid4().hex` makes it, from one read
+    of the system's random source (not one per token)."""
+    raw = os.urandom(16 * count)
+    return [uuid.UUID(bytes=raw[i : i + 16], version=4).hex for i in range(0, 16 * count, 16)]
+
+
 def fresh_message(
-    advisory_id: str | None, kind: MessageKind, address: str, mail_domain: str, **fields: Any
+    advisory_id: str | None,
+    kind: MessageKind,
+    address: str,
+    mail_domain: str,
+    *,
+    token: str | None = None,
+    **fields: Any,
 ) -> MessageRecord:
-    """A new queued message with its own Message-ID and DSN ENVID."""
-    token = uuid.uuid4().hex
+    """A new queued message with its own Message-ID and DSN ENVID (from
+    `token`, else a new random one)."""
+    token = token or uuid.uuid4().hex
     return MessageRecord(
         advisory_id=advisory_id,
         kind=kind,
@@ -341,22 +356,24 @@ def notice_rows(
     """One queued notice per recipient address (blocked, with the reason,
     where the pinned key cannot be used), each with fresh ids and ack token."""
     out = []
-    for org in recipients:
-        for address in org.addresses:
-            problem = key_problem(address.key)
-            out.append(
-                fresh_message(
-                    record.id,
-                    MessageKind.NOTICE,
-                    address.email,
-                    mail_domain,
-                    state=MessageState.QUEUED if problem is None else MessageState.BLOCKED,
-                    org=org.id,
-                    fingerprint=address.key,
-                    detail=problem,
-                    ack_token=uuid.uuid4().hex,
-                )
+    pairs = [(org, address) for org in recipients for address in org.addresses]
+    tokens = iter(_tokens(2 * len(pairs)))
+    for org, address in pairs:
+        problem = key_problem(address.key)
+        out.append(
+            fresh_message(
+                record.id,
+                MessageKind.NOTICE,
+                address.email,
+                mail_domain,
+                token=next(tokens),
+                state=MessageState.QUEUED if problem is None else MessageState.BLOCKED,
+                org=org.id,
+                fingerprint=address.key,
+                detail=problem,
+                ack_token=next(tokens),
             )
+        )
     return out
 
 
