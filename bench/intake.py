@@ -387,29 +387,28 @@ def _timed_module_function(module: Any, name: str) -> Iterator[_Total]:
 
 
 class _Transactions:
-    """Time inside `store.atomic()` blocks (the intake's one transaction per message,
-    commit and fsync included), on the event loop's thread."""
+    """Time inside the intake's group commits (`GroupCommit._flush`: one transaction
+    for the members' mail ready together, commit and fsync included), on the event
+    loop's thread."""
 
-    def __init__(self, store: Any) -> None:
+    def __init__(self, commits: Any) -> None:
         self.total = 0.0
         self.calls = 0
-        self._store = store
-        original: Callable[[], contextlib.AbstractContextManager[None]] = store.atomic
+        self._commits = commits
+        original: Callable[[], None] = commits._flush
 
-        @contextlib.contextmanager
-        def atomic() -> Iterator[None]:
+        def flush() -> None:
             started = time.perf_counter()
             try:
-                with original():
-                    yield
+                original()
             finally:
                 self.total += time.perf_counter() - started
                 self.calls += 1
 
-        store.atomic = atomic
+        commits._flush = flush
 
     def remove(self) -> None:
-        delattr(self._store, "atomic")
+        delattr(self._commits, "_flush")
 
 
 class _NullIntake:
@@ -485,7 +484,7 @@ def _measure(
         ]:
             timers[name] = Timer(obj, method)
             patches.callback(timers[name].remove)
-        transactions = _Transactions(store)
+        transactions = _Transactions(intake._commits)
         patches.callback(transactions.remove)
         parses = patches.enter_context(_timed_module_function(intake_module, "parse"))
         rows = patches.enter_context(_timed_module_function(embargo_module, "notice_rows"))
@@ -572,7 +571,10 @@ def _measure(
     add("  Keyring.encrypt (gpg: seal to the identity key)", per(timers["seal"].total))
     add("maild per submission, on the event loop's thread (wall):", "")
     add(f"  MIME parsing ({parses.calls // m} per submission)", per(parses.total))
-    add("  the intake transaction (BEGIN IMMEDIATE..COMMIT)", per(transactions.total))
+    add(
+        f"  the intake transactions ({transactions.calls} group commits, BEGIN..COMMIT)",
+        per(transactions.total),
+    )
     add("    Intake._act: desk.submit and the reply text", per(timers["act"].total))
     add("      list_advisories (desk's default id)", per(timers["list"].total))
     add(f"      notice_rows ({ORGS} notices, key health)", per(rows.total))
@@ -583,7 +585,7 @@ def _measure(
     rest = timers["act"].total - sum(timers[k].total for k in parts) - rows.total - texts.total
     add("      the rest (parse, plan, desk, bundle, ...)", per(rest))
     add(
-        "    outside _act: replay check, reply row, COMMIT (fsync)",
+        "    outside _act: replay check, reply row, savepoints, COMMIT (fsync)",
         per(transactions.total - timers["act"].total),
     )
     cpu_maild = (cpu_loop + cpu_threads + cpu_children + cpu_agent) / m

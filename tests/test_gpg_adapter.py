@@ -462,6 +462,59 @@ def test_cached_listing_is_still_judged_against_the_now_passed_in(
     assert gpg_runs == []
 
 
+def test_cached_verdicts_match_a_fresh_judgement_at_every_instant(fresh: Keyring) -> None:
+    """Verdicts are cached per interval between expiry instants, yet each call is judged
+    exactly at its own `now`: a key whose encryption subkey expires in 10 days and whose
+    primary in 2 years reads, at instants on both sides of each expiry (asked in an
+    order that goes back and forth), what an uncached Keyring on the same home reads."""
+    fpr = fresh.generate("Split <split@example.org>", sign_only=True, expire="2y")
+    add_encryption_subkey(fresh, fpr, expire="10d")
+    fresh.refresh()
+    first = fresh.health(fpr, now())
+    sub_expiry = first.expires_at
+    assert first.problem() is None and sub_expiry is not None
+    listing = raw_gpg(fresh, "--with-colons", "--list-keys", fpr).decode()
+    pub = next(line.split(":") for line in listing.splitlines() if line.startswith("pub:"))
+    primary_expiry = datetime.fromtimestamp(int(pub[6]), UTC)
+    assert primary_expiry > sub_expiry + timedelta(days=300)
+    tick = timedelta(microseconds=1)
+    instants = [
+        sub_expiry - tick,
+        primary_expiry,
+        sub_expiry,
+        now(),
+        primary_expiry - tick,
+        sub_expiry + tick,
+        sub_expiry - tick,
+        primary_expiry + timedelta(days=1),
+        sub_expiry,
+    ]
+    seen = [fresh.health(fpr, at) for at in instants]
+    for at, health in zip(instants, seen, strict=True):
+        assert health == Keyring(fresh.home).health(fpr, at), at
+    assert [h.problem() is None for h in seen] == [
+        True, False, False, True, False, False, True, False, False
+    ]  # fmt: skip
+    assert seen[0].expires_at == sub_expiry and seen[2].expires_at == sub_expiry
+
+
+def test_health_is_judged_once_per_interval_and_again_after_refresh(fresh: Keyring) -> None:
+    """The intake asks for the same keys' health for every notice: between two expiry
+    instants of a key the same verdict object is answered (no new judgement), past one
+    a new one, and after refresh() a new one (the listing and its verdicts are dropped)."""
+    fpr = fresh.generate("Soon <soon@example.org>", expire="10d")
+    t = now()
+    health = fresh.health(fpr, t)
+    assert health.expires_at is not None
+    assert fresh.health(fpr, t + timedelta(days=1)) is health
+    assert fresh.health(fpr, health.expires_at - timedelta(microseconds=1)) is health
+    after = fresh.health(fpr, health.expires_at)
+    assert after is not health and after.expired
+    fresh.refresh()
+    again = fresh.health(fpr, t)
+    assert again is not health and again == health
+
+
 def test_revoke_through_the_same_keyring_is_seen_at_once(fresh: Keyring) -> None:
     """revoke() drops the cache: health reads revoked and sign_encrypt refuses, no refresh."""
     signer = fresh.generate("Signer <signer@example.org>")

@@ -18,6 +18,7 @@ from maild import config as configuration
 from maild.adapters.sink import RunningSink, start_sink
 from maild.adapters.smtp_in import Listener, start_listener
 from maild.domain.models import AdvisoryState, MessageKind, MessageState
+from maild.service import replies
 from maild.service.clock import ManualClock
 from maild.service.daemon import build, build_intake, listener_config
 from maild.service.dispatch import Dispatcher
@@ -141,6 +142,9 @@ def test_a_members_advisory_is_queued_and_the_reply_gives_the_plan(intake: Intak
     text = intake.read_reply(reply)
     assert f"Accepted: {record.id}" in text
     assert "advance notice" in text and "sec@good.example" in text
+    # The recipients as stored, in the store's order (the reply is built from the
+    # rows the submission inserted, not read back).
+    assert replies.recipients(notices) in text.replace("\r\n", "\n")
 
 
 def test_a_command_is_answered_and_audited(intake: Intake) -> None:

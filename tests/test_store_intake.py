@@ -4,13 +4,17 @@ DSN envelope id or acknowledgement token, and replay refusal."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from maild.adapters.store import SqliteStore
 from maild.domain.models import AdvisoryState, MessageKind, MessageRecord, MessageState
-from maild.service.ports import StoreError
+from maild.service.groupcommit import GroupCommit
+from maild.service.intake import Refused
+from maild.service.ports import StoreError, TransactionLost
 from tests.test_store import AnyStore, advisory, event, message
 
 AT = datetime(2026, 12, 1, 16, tzinfo=UTC)
@@ -87,3 +91,78 @@ def test_an_advisory_may_await_approval(store: AnyStore) -> None:
     store.add_advisory(record, [], event())
     assert store.get_advisory(record.id) == record
     assert not record.state.is_open
+
+
+def test_an_atomic_block_inside_another_is_undone_alone(store: AnyStore) -> None:
+    """Group commit writes several members' mail in one transaction, each in a
+    block of its own: a block that fails leaves nothing of itself, and the
+    others in the same transaction are committed."""
+    with store.atomic():
+        store.add_advisory(advisory(), [], event())
+        with pytest.raises(RuntimeError), store.atomic():
+            store.add_messages(None, [reply(1)])
+            assert store.remember_signature("sig1", "A" * 40, AT, AT)
+            raise RuntimeError("this member's mail failed")
+        with store.atomic():
+            store.add_messages("RSA-2026-0001", [reply(2, "RSA-2026-0001")])
+    assert [a.id for a in store.list_advisories()] == ["RSA-2026-0001"]
+    assert [m.message_id for m in store.find_messages(kinds=[MessageKind.REPLY])] == [
+        "<reply-2@maild.example>"
+    ]
+    assert store.remember_signature("sig1", "A" * 40, AT, AT)  # the failed block's is gone
+
+
+def test_group_commit_answers_each_caller_after_one_commit(store: AnyStore) -> None:
+    """Submissions ready together share one transaction: each caller gets its
+    own result or its own error (its writes undone, the others' kept), and only
+    once the batch is committed (a second connection then sees the writes)."""
+    commits = GroupCommit(store.atomic)
+
+    def add(n: int) -> str:
+        store.add_messages(None, [reply(n)])
+        if n == 2:
+            raise Refused("replay")
+        return f"done {n}"
+
+    async def caller(n: int) -> str:
+        done = await commits.run(lambda: add(n))
+        if isinstance(store, SqliteStore):  # committed: another connection sees it
+            other = SqliteStore.open(store.path)
+            try:
+                assert other.find_messages(envid=f"reply-{n}")
+            finally:
+                other.close()
+        return done
+
+    async def main() -> list[str | BaseException]:
+        return await asyncio.gather(*(caller(n) for n in (1, 2, 3)), return_exceptions=True)
+
+    first, second, third = asyncio.run(main())
+    assert (first, third) == ("done 1", "done 3")
+    assert isinstance(second, Refused)
+    assert commits.batches == 1
+    assert [m.envid for m in store.find_messages(kinds=[MessageKind.REPLY])] == [
+        "reply-1",
+        "reply-3",
+    ]
+
+
+def test_group_commit_writes_nothing_of_a_batch_whose_transaction_is_lost(
+    store: AnyStore,
+) -> None:
+    """When SQLite ends the transaction itself (e.g. disk full), no caller of
+    that batch is told its mail was taken, and nothing of the batch is stored."""
+    commits = GroupCommit(store.atomic)
+
+    def add(n: int) -> None:
+        store.add_messages(None, [reply(n)])
+        if n == 2:
+            raise TransactionLost("rolled back")
+
+    async def main() -> list[BaseException | None]:
+        runs = (commits.run(lambda n=n: add(n)) for n in (1, 2, 3))  # type: ignore[misc]
+        return await asyncio.gather(*runs, return_exceptions=True)
+
+    outcomes = asyncio.run(main())
+    assert all(isinstance(o, TransactionLost) for o in outcomes)
+    assert store.find_messages(kinds=[MessageKind.REPLY]) == []

@@ -17,6 +17,7 @@ Rules this module keeps:
 from __future__ import annotations
 
 import base64
+import bisect
 import contextlib
 import logging
 import os
@@ -27,6 +28,7 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -138,8 +140,9 @@ class FolderImport:
     files: dict[str, tuple[str, ...]] = field(default_factory=dict)
     problems: tuple[str, ...] = ()
 
-    @property
+    @cached_property
     def fingerprints(self) -> frozenset[str]:
+        # Computed once: asked for every notice of every submission.
         return frozenset(fpr for fprs in self.files.values() for fpr in fprs)
 
 
@@ -228,16 +231,41 @@ def _encryption_key_ids(key: Mapping[str, Any]) -> frozenset[str]:
     return frozenset(ids)
 
 
+def _instants(key: Mapping[str, Any]) -> tuple[datetime, ...]:
+    """The instants at which `_assess`'s verdict on this listing can change: the
+    expiries of the key and its subkeys (its only use of `now` is `expires <= now`)."""
+    subkey_info: Mapping[str, Mapping[str, Any]] = key.get("subkey_info") or {}
+    found = {_parse_gpg_time(info.get("expires")) for info in [key, *subkey_info.values()]}
+    return tuple(sorted(when for when in found if when is not None))
+
+
 @dataclass(frozen=True)
 class _Listing:
     """What gpg listed for one present fingerprint: its public entry and secret presence.
 
-    Only raw listing data is kept; verdicts (expired, revoked...) are computed from it on
-    every call, against the `now` of that call.
+    Verdicts (expired, revoked...) are judged from it against each call's `now`. As
+    `_assess` uses `now` only to compare it with the components' expiries, the verdict
+    is the same for every `now` between two consecutive expiry instants: `verdicts`
+    keeps one per such interval (keyed by how many of the instants are at or before
+    `now`), so a key is assessed once per interval, not once per call. The cache goes
+    with the listing (dropped by `refresh()`).
     """
 
     key: Mapping[str, Any]
     has_secret: bool
+    verdicts: dict[int, KeyHealth] = field(default_factory=dict, compare=False)
+
+    @cached_property
+    def instants(self) -> tuple[datetime, ...]:
+        return _instants(self.key)
+
+    def assess(self, fpr: str, now: datetime) -> KeyHealth:
+        """`_assess(fpr, key, has_secret, now)`, computed once per interval of `now`."""
+        interval = bisect.bisect_right(self.instants, now)  # instants <= now
+        found = self.verdicts.get(interval)
+        if found is None:
+            found = self.verdicts.setdefault(interval, _assess(fpr, self.key, self.has_secret, now))
+        return found
 
 
 def _absent(fingerprint: str) -> KeyHealth:
@@ -423,9 +451,11 @@ class Keyring:
     Key listings are cached: the first look at a fingerprint lists its public key (and
     whether its secret key is present) with gpg, and later calls, from any thread, reuse
     that listing, so `health`, `encrypt` and `sign_encrypt` run no listing process in the
-    steady state. The cache holds gpg's listing, never a verdict: expiry and revocation
-    are judged from it afresh against each call's `now`. A fingerprint gpg does not list
-    is not cached (it is looked up again next time).
+    steady state. Expiry and revocation are judged from the listing against each call's
+    `now`; the verdict is kept with the listing for the interval of `now` it holds for
+    (it can change only at a component's expiry instant), so each key is judged once per
+    interval. A fingerprint gpg does not list is not cached (it is looked up again next
+    time).
 
     Every change this Keyring makes to its keyring (import_key, import_folder, revoke,
     generate) drops the whole cache. Changes made to the gnupg home by OTHER processes or
@@ -614,7 +644,7 @@ class Keyring:
         listing = self._listing(fpr)
         if listing is None:
             return _absent(fpr), None
-        return _assess(fpr, listing.key, listing.has_secret, now), listing
+        return listing.assess(fpr, now), listing
 
     # ------------------------------------------------------------ crypto proper
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import operator
 import os
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
@@ -36,7 +37,7 @@ from maild.domain.models import (
     Preannounce,
 )
 from maild.domain.policy import Category, Plan, PolicyInput, Severity
-from maild.service.ports import Conflict, StoreError
+from maild.service.ports import Conflict, StoreError, TransactionLost
 
 Row = dict[str, Any]
 
@@ -381,9 +382,12 @@ def messages_to_rows(advisory_id: str | None, messages: Sequence[MessageRecord])
     return rows
 
 
+_message_values = operator.attrgetter(*MESSAGE_COLUMNS)
+
+
 def message_to_row(m: MessageRecord) -> Row:
     with _refusing(f"message {m.message_id!r} cannot be stored"):
-        row = {name: getattr(m, name) for name in MESSAGE_COLUMNS}
+        row = dict(zip(MESSAGE_COLUMNS, _message_values(m), strict=True))
         row["kind"] = MessageKind(m.kind).value
         row["state"] = MessageState(m.state).value
         for name in DATETIME_MESSAGE_COLUMNS:
@@ -633,9 +637,20 @@ class SqliteStore:
 
     @contextmanager
     def atomic(self) -> Iterator[None]:
-        """Every write inside the block commits together, or none does."""
-        with _transaction(self._conn, self.path):
-            yield
+        """Every write inside the block commits together, or none does; inside
+        another atomic block, a savepoint (see the Store port)."""
+        if self._in_transaction():
+            with _savepoint(self._conn, self.path):
+                yield
+        else:
+            with _transaction(self._conn, self.path):
+                yield
+
+    def _in_transaction(self) -> bool:
+        try:
+            return self._conn.in_transaction
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: {exc}; nothing was written") from exc
 
     def find_messages(
         self,
@@ -850,6 +865,37 @@ def _transaction(conn: sqlite3.Connection, path: Path) -> Iterator[sqlite3.Conne
             raise
     except sqlite3.Error as exc:
         raise StoreError(f"{path}: {exc}; nothing was written") from exc
+
+
+@contextmanager
+def _savepoint(conn: sqlite3.Connection, path: Path) -> Iterator[None]:
+    """A nested atomic block: undone alone when it raises. If SQLite ended the
+    whole transaction meanwhile, TransactionLost (the outer block must not go on)."""
+
+    def lost() -> TransactionLost:
+        return TransactionLost(f"{path}: the transaction was rolled back; nothing was written")
+
+    try:
+        conn.execute("SAVEPOINT atomic")
+    except sqlite3.Error as exc:
+        raise StoreError(f"{path}: {exc}; nothing was written") from exc
+    try:
+        yield
+    except BaseException:
+        if not conn.in_transaction:
+            raise lost() from None
+        try:
+            conn.execute("ROLLBACK TO atomic")
+            conn.execute("RELEASE atomic")
+        except sqlite3.Error as exc:
+            raise lost() from exc
+        raise
+    if not conn.in_transaction:
+        raise lost()
+    try:
+        conn.execute("RELEASE atomic")
+    except sqlite3.Error as exc:
+        raise lost() from exc
 
 
 def _create_private(path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import uuid
 from collections.abc import Callable, Sequence
@@ -73,6 +74,21 @@ class Desk:
     ) -> AdvisoryRecord:
         """Accept an advisory; with `needs_approval` (the two-person rule) it
         waits, planned but with no messages, for another member's approve()."""
+        record, _ = self.accept(text, source, patches, now, actor, needs_approval=needs_approval)
+        return record
+
+    def accept(
+        self,
+        text: str,
+        source: str,
+        patches: Sequence[Patch],
+        now: datetime,
+        actor: str,
+        *,
+        needs_approval: bool = False,
+    ) -> tuple[AdvisoryRecord, list[MessageRecord]]:
+        """`submit`, also returning the message rows it stored (in no
+        particular order), so a caller need not read them back."""
         _check_patches(patches)
         advisory = parse_advisory(
             text, source, now=now, orgs=self.orgs.statuses(), default_id=UNASSIGNED
@@ -117,7 +133,7 @@ class Desk:
         with self.store.atomic():
             self.store.add_advisory(record, messages, event)
             failpoints.hit("submit-commit")
-        return record
+        return record, messages
 
     def approve(self, advisory_id: str, now: datetime, actor: str) -> AdvisoryRecord:
         """The second member's approval: the advisory is planned again from
@@ -302,11 +318,25 @@ def find(store: Store, advisory_id: str) -> AdvisoryRecord:
     return record
 
 
+def _tokens(count: int) -> list[str]:
+    """`count` random tokens, each as `uuid.uuid4().hex` makes it, from one read
+    of the system's random source (not one per token)."""
+    raw = os.urandom(16 * count)
+    return [uuid.UUID(bytes=raw[i : i + 16], version=4).hex for i in range(0, 16 * count, 16)]
+
+
 def fresh_message(
-    advisory_id: str | None, kind: MessageKind, address: str, mail_domain: str, **fields: Any
+    advisory_id: str | None,
+    kind: MessageKind,
+    address: str,
+    mail_domain: str,
+    *,
+    token: str | None = None,
+    **fields: Any,
 ) -> MessageRecord:
-    """A new queued message with its own Message-ID and DSN ENVID."""
-    token = uuid.uuid4().hex
+    """A new queued message with its own Message-ID and DSN ENVID (from
+    `token`, else a new random one)."""
+    token = token or uuid.uuid4().hex
     return MessageRecord(
         advisory_id=advisory_id,
         kind=kind,
@@ -326,22 +356,24 @@ def notice_rows(
     """One queued notice per recipient address (blocked, with the reason,
     where the pinned key cannot be used), each with fresh ids and ack token."""
     out = []
-    for org in recipients:
-        for address in org.addresses:
-            problem = key_problem(address.key)
-            out.append(
-                fresh_message(
-                    record.id,
-                    MessageKind.NOTICE,
-                    address.email,
-                    mail_domain,
-                    state=MessageState.QUEUED if problem is None else MessageState.BLOCKED,
-                    org=org.id,
-                    fingerprint=address.key,
-                    detail=problem,
-                    ack_token=uuid.uuid4().hex,
-                )
+    pairs = [(org, address) for org in recipients for address in org.addresses]
+    tokens = iter(_tokens(2 * len(pairs)))
+    for org, address in pairs:
+        problem = key_problem(address.key)
+        out.append(
+            fresh_message(
+                record.id,
+                MessageKind.NOTICE,
+                address.email,
+                mail_domain,
+                token=next(tokens),
+                state=MessageState.QUEUED if problem is None else MessageState.BLOCKED,
+                org=org.id,
+                fingerprint=address.key,
+                detail=problem,
+                ack_token=next(tokens),
             )
+        )
     return out
 
 

@@ -23,6 +23,7 @@ import structlog
 
 from maild.adapters.gpg import GpgError, Keyring, Signature
 from maild.adapters.smtp_in import Received
+from maild.adapters.store import message_order
 from maild.domain import inmail
 from maild.domain.businessdays import BusinessCalendar
 from maild.domain.inmail import Command, CommandError, DsnReport, Kind, Verb
@@ -33,6 +34,7 @@ from maild.domain.policy import PolicyError
 from maild.domain.tomlsource import SourceError
 from maild.service import failpoints, replies
 from maild.service.embargo import Desk, Patch, UserError, bundle, find, fresh_message
+from maild.service.groupcommit import GroupCommit
 from maild.service.ports import Store
 from maild.service.views import Clock
 
@@ -97,6 +99,9 @@ class Intake:
     # A line when maild's disk is (nearly) full, else None: gpg then fails in
     # ways that look like a bad message, so nothing is refused for good.
     full_disk: Callable[[], str | None] = lambda: None
+
+    def __post_init__(self) -> None:
+        self._commits = GroupCommit(self.store.atomic)
 
     @property
     def _views(self) -> Clock:
@@ -200,8 +205,11 @@ class Intake:
             # Seal in the pool now, so the transaction below never waits on gpg.
             plain = bundle(content.body, SOURCE, content.patches)
             sealed[plain] = await self._gpg(self.seal, plain)
-        now = self.clock()
-        with self.store.atomic():
+
+        def write() -> str | None:
+            """The member's action, the signature and the reply: one savepoint
+            of a group-committed transaction (see maild.service.groupcommit)."""
+            now = self.clock()
             if not self.store.remember_signature(
                 found.sig_id, found.fingerprint, found.signed_at, now
             ):
@@ -214,6 +222,9 @@ class Intake:
                 advisory_id, [self._reply(found.fingerprint, advisory_id, text)]
             )
             failpoints.hit("intake-commit")
+            return advisory_id
+
+        advisory_id = await self._commits.run(write)  # answered after the COMMIT
         log.info("member-mail", signer=found.fingerprint, advisory=advisory_id)
         self.wake(advisory_id)
         return ACCEPTED
@@ -244,7 +255,7 @@ class Intake:
     ) -> tuple[str | None, Text]:
         desk = replace(self.desk(now), seal=lambda plain: sealed[plain])
         try:
-            record = desk.submit(
+            record, rows = desk.accept(
                 content.body,
                 SOURCE,
                 content.patches,
@@ -255,7 +266,9 @@ class Intake:
         except BAD_INPUT as exc:
             return None, replies.failed("submit the advisory", str(exc))
         log.info("submitted", advisory=record.id, by=actor)
-        return record.id, replies.submitted(record, self.store.messages(record.id), self._views)
+        # The rows just stored, in the order the store reads them back.
+        messages = sorted(rows, key=message_order)
+        return record.id, replies.submitted(record, messages, self._views)
 
     def _command(self, command: Command, now: datetime, actor: str) -> tuple[str | None, Text]:
         ident = command.advisory_id

@@ -24,6 +24,11 @@ class StoreError(Exception):
     """A store operation that could not be done; nothing was written."""
 
 
+class TransactionLost(StoreError):
+    """SQLite ended the enclosing transaction itself (e.g. the disk is full):
+    nothing of it was written, and nothing inside it can go on."""
+
+
 class Conflict(StoreError):
     """The id already exists, or the record changed since it was read."""
 
@@ -69,7 +74,9 @@ class Store(Protocol):
 
     def atomic(self) -> AbstractContextManager[None]:
         """A block whose writes all commit together when it ends, or none do
-        (when it raises). Writes inside it join it instead of committing."""
+        (when it raises). Writes inside it join it instead of committing; an
+        atomic block inside another is undone alone when it raises (a
+        savepoint), and commits with the outer one."""
         ...
 
     def find_messages(
