@@ -27,7 +27,6 @@ from maild.adapters.store import (
     event_to_row,
     message_from_row,
     message_matches,
-    message_order,
     message_to_row,
     messages_to_rows,
     meta_row,
@@ -47,6 +46,7 @@ from maild.domain.models import (
     MessageRecord,
     MessageState,
     NewEvent,
+    message_order,
 )
 from maild.service.ports import StoreError
 

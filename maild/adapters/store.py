@@ -35,6 +35,7 @@ from maild.domain.models import (
     MessageState,
     NewEvent,
     Preannounce,
+    message_order,
 )
 from maild.domain.policy import Category, Plan, PolicyInput, Severity
 from maild.service.ports import Conflict, StoreError, TransactionLost
@@ -246,7 +247,6 @@ MUTABLE_MESSAGE_COLUMNS = (
     "acked_at", "next_attempt_at", "possible_duplicate",
 )  # fmt: skip
 PENDING_STATES = tuple(s.value for s in MessageState if s.is_pending)
-_KIND_ORDER = {kind: i for i, kind in enumerate(MessageKind)}
 
 
 # --- datetimes and JSON ------------------------------------------------------
@@ -434,12 +434,6 @@ def event_from_row(row: Mapping[str, Any]) -> Event:
 def advisory_order(record: AdvisoryRecord) -> tuple[datetime, str]:
     """Soonest disclosure first (compared as instants), then by id."""
     return (record.plan.disclose_at.astimezone(UTC), record.id)
-
-
-def message_order(message: MessageRecord) -> tuple[int, bool, str, str, str]:
-    """By kind (in MessageKind's order: notices first), org (none first), address."""
-    org = message.org
-    return (_KIND_ORDER[message.kind], org is not None, org or "", message.address, message.envid)
 
 
 def already_stored(advisory_id: str) -> Conflict:

@@ -165,3 +165,13 @@ class Event:
     data: Mapping[str, object]
     prev_hash: str
     hash: str
+
+
+_KIND_ORDER = {kind: i for i, kind in enumerate(MessageKind)}
+
+
+def message_order(message: MessageRecord) -> tuple[int, bool, str, str, str]:
+    """How messages are listed: by kind (in MessageKind's order: notices
+    first), org (none first), address."""
+    org = message.org
+    return (_KIND_ORDER[message.kind], org is not None, org or "", message.address, message.envid)

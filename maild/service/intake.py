@@ -23,13 +23,18 @@ import structlog
 
 from maild.adapters.gpg import GpgError, Keyring, Signature
 from maild.adapters.smtp_in import Received
-from maild.adapters.store import message_order
 from maild.domain import inmail
 from maild.domain.businessdays import BusinessCalendar
 from maild.domain.inmail import Command, CommandError, DsnReport, Kind, Verb
 from maild.domain.mailtext import Text
 from maild.domain.mimeparse import DEFAULT_LIMITS, Entity, Limits, MimeError, parse, walk
-from maild.domain.models import MessageKind, MessageRecord, MessageState, NewEvent
+from maild.domain.models import (
+    MessageKind,
+    MessageRecord,
+    MessageState,
+    NewEvent,
+    message_order,
+)
 from maild.domain.policy import PolicyError
 from maild.domain.tomlsource import SourceError
 from maild.service import failpoints, replies
