@@ -146,6 +146,7 @@ class Soak:
     async def apply(self, e: Event) -> None:
         self.seq += 1
         now = self.clock.now
+        started = time.perf_counter()
         assert self.inst.setup is not None
         try:
             if e.what == "submit":
@@ -181,6 +182,8 @@ class Soak:
                 self.step(e.arg)
         except UserError as exc:  # e.g. a change to an advisory already disclosed
             self.refused.append(f"{e.what} {e.advisory}: {exc}")
+        if e.advisory is not None:
+            self._took("desk", started)
 
     def _record(self, e: Event, record: Any) -> None:
         self.counts[e.what] += 1
@@ -210,6 +213,7 @@ class Soak:
     async def restart(self, *, crashed: bool = False) -> None:
         """Stop and start again as `maild run` would: a new Setup (orgs list, keys
         folder, store), `build()`, `recover()`."""
+        started = time.perf_counter()
         old = self.dispatcher
         assert old is not None
         if crashed:
@@ -226,6 +230,10 @@ class Soak:
         self.dispatcher, recovered = self.inst.start(self.clock)
         self.counts["crash" if crashed else "restart"] += 1
         self.counts["recovered"] += recovered
+        self._took("restarts", started)
+
+    def _took(self, what: str, started: float) -> None:
+        self.counts[f"ms {what}"] += round((time.perf_counter() - started) * 1000)
 
     def step(self, delta: timedelta) -> None:
         self.clock.now += delta
@@ -239,6 +247,7 @@ class Soak:
         self.counts["tick"] += 1
         self._expect()
         before = len(self.running.sink.received)
+        started = time.perf_counter()
         task = asyncio.ensure_future(self.dispatcher.tick())
         crashed = False
         if self.crash_after is not None:
@@ -260,6 +269,7 @@ class Soak:
         finally:
             self.hook = None
             self._stamp()
+            self._took("ticks", started)
         if crashed:
             self.crash_after = None
             await self.restart(crashed=True)
@@ -345,6 +355,7 @@ def _run(args: argparse.Namespace) -> int:
                 loop.run_until_complete(soak.simulate())
             sim_s = time.perf_counter() - sim_started
             rss_mb = high_water_kb() / 1024
+            soak.counts["bytes received"] = sum(len(s.received.data) for s in soak.stamps)
             end = soak.clock.now
             print(f"\ninvariants (clock at the end: {end:%a %d %b %Y %H:%M %Z})")
             ok = _check(soak, inst, end)

@@ -62,6 +62,7 @@ def figures(
     kinds = f"{c['sent notice']} notices, {c['sent preannouncement']} pre-announcements"
     kinds += f", {c['sent disclosure']} disclosures, {c['sent alert']} alerts"
     days = (end - START).total_seconds() / 86400
+    split = ", ".join(f"{c[f'ms {w}'] / 1000:.1f} s" for w in ("ticks", "restarts", "desk"))
     missed = c["crash armed"] - c["crash"]
     unfired = f" ({missed} more armed, but no later release was big enough)" if missed else ""
     rows = [
@@ -74,6 +75,7 @@ def figures(
             f"{c['remove-org']} removed, {c['rekey-org']} re-keyed, {c['add-org']} added",
         ),
         ("wall time", f"{sim_s:.1f} s (+ {keys_s:.1f} s making keys, not counted)"),
+        ("  in ticks, restarts, desk", f"{split}"),
         ("messages sent", f"{sent} ({kinds})"),
         ("messages/s", f"{sent / sim_s:.1f}"),
         ("gpg operations", f"{crypto} ({by_op})"),
@@ -82,6 +84,7 @@ def figures(
         ("rows recovered from sending", str(c["recovered"])),
         ("clock steps", f"{c['clock step']} (back 1 h after a release, twice; forward 1 day)"),
         ("peak RSS", f"{rss_mb:.1f} MB (VmHWM of the one process: harness, sink, daemon)"),
+        ("  mail the sink keeps", f"{c['bytes received'] / 2**20:.1f} MB (for the checks)"),
         ("possible duplicates", f"{c['possible duplicate']} flagged"),
         ("received twice", str(c["duplicate receipt"])),
         ("blocked notices", str(c["blocked notices"])),
