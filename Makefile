@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: test demo lint typecheck unit system-deps bench clean
+.PHONY: test demo lint typecheck unit system-deps bench soak clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -53,6 +53,11 @@ demo: $(STAMP) system-deps
 
 bench: $(STAMP) system-deps
 	$(BIN)/python -m bench
+
+# A simulated week: 100 advisories, 50 organisations, restarts, crashes, clock steps;
+# prints PASS/FAIL per invariant (exit 1 on any FAIL) and the figures. A few minutes.
+soak: $(STAMP) system-deps
+	$(BIN)/python -m bench soak
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

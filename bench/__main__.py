@@ -1,4 +1,5 @@
-"""maild benchmarks: `make bench`, or `.venv/bin/python -m bench [--quick] [--sizes 100,1000]`.
+"""maild benchmarks: `make bench`, or `.venv/bin/python -m bench [--quick] [--sizes 100,1000]`;
+the soak (not part of `make bench`): `make soak`, or `.venv/bin/python -m bench soak --help`.
 
 Every figure is printed with a baseline measured in the same run, and the ratio between
 them; nothing asserts a wall-clock time. Only loopback traffic; every gnupg home and
@@ -52,6 +53,11 @@ def _messages(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["soak"]:
+        from bench import soak
+
+        return soak.main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument(
         "--sizes", type=_sizes, default=list(DEFAULT_SIZES), help="recipient counts (100,1000)"

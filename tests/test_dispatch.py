@@ -406,6 +406,36 @@ def test_cancel_after_notices_sends_an_encrypted_withdrawal(harness: Harness, cl
     assert {m.state for m in disclosure} == {MessageState.CANCELLED}
 
 
+def test_a_follow_up_to_a_key_expired_since_is_blocked_and_alerted(
+    harness: Harness, world: World, cli: CLI
+) -> None:
+    """An org whose key expired after it got the notice gets no withdrawal (it
+    cannot be encrypted to that key): the withdrawal is blocked and the WG
+    alerted, rather than left queued for ever. (Found by the soak benchmark.)"""
+    with temp_keyring() as ring:
+        # gpg reads a bare date as noon UTC: after NOTICE, before the cancel below.
+        brief = ring.generate("Brief <sec@brief.example>", expire="2030-03-06")
+        (world.root / "keys" / "brief.asc").write_bytes(ring.export_public(brief))
+    world.write_orgs(world.orgs_text + org_entry("brief", "sec@brief.example", brief))
+    fresh = Setup(configuration.load(world.config))
+    harness.dispatcher = build(fresh, harness.clock, ThreadPoolExecutor(max_workers=2))
+    adv = notified(harness)
+    assert len(harness.received("sec@brief.example")) == 1
+    assert cli("--config", str(world.config), "cancel", adv).code == 0
+    harness.clock.now = NOTICE + timedelta(days=2)
+    harness.tick()
+    assert len(harness.received("sec@brief.example")) == 1
+    (withdrawal,) = [
+        m for m in harness.messages(adv) if m.org == "brief" and m.purpose.value == "withdrawal"
+    ]
+    assert withdrawal.state is MessageState.BLOCKED and "expired" in (withdrawal.detail or "")
+    assert len(harness.received("sec@good.example")) == 2  # the others got theirs
+    (alert,) = harness.received("m@wg.example")
+    plain, _ = decrypt_as(harness, "member", armored_part(alert))
+    assert b"withdrawal" in plain and b"blocked" in plain
+    fresh.__exit__(None, None, None)
+
+
 def test_stopping_starts_no_new_transaction(harness: Harness) -> None:
     """Once maild is told to stop, due messages stay queued for the next
     start instead of being sent."""

@@ -530,9 +530,29 @@ class Dispatcher:
         version of the advisory (gpg in the pool); returns those ready to send."""
         versions = self.store.payload_versions(record.id)
         todo = self._unprepared(record, messages, versions, now)
+        if self._block_unusable(record, todo, now):
+            messages = self.store.messages(record.id)  # with the alerts just queued
+            todo = self._unprepared(record, messages, versions, now)
         if todo:
             await self._compose_all(record, todo, versions, now)
         return self._ready(record, messages, versions)
+
+    def _block_unusable(
+        self, record: AdvisoryRecord, todo: Sequence[MessageRecord], now: datetime
+    ) -> bool:
+        """Block (and alert the WG about) the notices in `todo` whose key cannot be
+        used now. The sync does this for an open advisory's original notices; an
+        update or withdrawal to a key that expired since the notice would otherwise
+        never be prepared, and wait queued for ever. True if any was blocked."""
+        blocked = [
+            replace(m, state=MessageState.BLOCKED, detail=problem)
+            for m in todo
+            if m.kind is MessageKind.NOTICE and (problem := self._key_problem(m.fingerprint, now))
+        ]
+        if blocked:
+            self.store.update_messages(blocked)
+            self._alert_problems(record, self.store.messages(record.id), now)
+        return bool(blocked)
 
     async def _compose_all(
         self,
