@@ -430,9 +430,11 @@ def test_a_follow_up_to_a_key_expired_since_is_blocked_and_alerted(
     ]
     assert withdrawal.state is MessageState.BLOCKED and "expired" in (withdrawal.detail or "")
     assert len(harness.received("sec@good.example")) == 2  # the others got theirs
-    (alert,) = harness.received("m@wg.example")
-    plain, _ = decrypt_as(harness, "member", armored_part(alert))
-    assert b"withdrawal" in plain and b"blocked" in plain
+    alerts = [
+        decrypt_as(harness, "member", armored_part(alert))[0]
+        for alert in harness.received("m@wg.example")
+    ]  # the daily key check also warns of brief's key expiring
+    assert any(b"withdrawal" in p and b"blocked" in p for p in alerts)
     fresh.__exit__(None, None, None)
 
 
