@@ -102,6 +102,8 @@ class Checker:
             self.by_advisory[record.id] = self.store.messages(record.id)
             for m in self.by_advisory[record.id]:
                 self.rows[m.message_id] = m
+        for m in self.store.find_messages():  # and those of no advisory (key alerts)
+            self.rows.setdefault(m.message_id, m)
         for s in self.stamps:
             self.by_message.setdefault(s.message_id, []).append(s)
 

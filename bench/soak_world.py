@@ -19,6 +19,7 @@ from maild import config as configuration
 from maild.adapters.gpg import Keyring
 from maild.service.clock import ManualClock
 from maild.service.daemon import build
+from maild.service.demo import config_toml
 from maild.service.dispatch import Dispatcher
 from maild.service.setup import Setup
 
@@ -113,36 +114,14 @@ class Installation:
 
     def write_config(self, smtp_port: int) -> None:
         self.config.write_text(
-            f"""[daemon]
-state_dir = "state"
-
-[calendar]
-timezone = "{ZONE}"
-
-[identity]
-address = "{IDENTITY}"
-signing_key = "{self.identity}"
-
-[keys]
-dir = "keys"
-
-[orgs]
-file = "orgs.toml"
-
-[intake]
-addresses = ["embargo@maild.example"]
-members = ["{self.member}"]
-
-[smtp]
-host = "127.0.0.1"
-port = {smtp_port}
-starttls = "off"
-connections = 4
-
-[announce]
-addresses = ["{ANNOUNCE}"]
-blog_dir = "blog"
-""",
+            config_toml(
+                self.identity,
+                self.member,
+                smtp_port,
+                domain=IDENTITY.partition("@")[2],
+                zone=ZONE,
+                announce=ANNOUNCE,
+            ),
             encoding="utf-8",
         )
 

@@ -24,7 +24,7 @@ from maild.adapters.gpg import Keyring
 from maild.cli import main as cli_main
 from maild.domain.models import AdvisoryRecord, MessageKind, MessageRecord
 from maild.service.daemon import build
-from maild.service.demo import org_toml
+from maild.service.demo import config_toml, org_toml
 from maild.service.dispatch import Dispatcher
 from maild.service.setup import Setup
 
@@ -120,32 +120,16 @@ class World:
             encoding="utf-8",
         )
         world.config.write_text(
-            f"""[daemon]
-state_dir = "state"
-
-[identity]
-address = "security@maild.example"
-signing_key = "{world.identity}"
-
-[keys]
-dir = "keys"
-
-[orgs]
-file = "orgs.toml"
-
-[intake]
-addresses = ["embargo@maild.example"]
-members = ["{keys.member}"]
-
-[smtp]
-host = "127.0.0.1"
-port = {smtp_port}
-starttls = "off"
-connections = {CONNECTIONS}
-
-[announce]
-addresses = ["{ANNOUNCE}"]
-""",
+            config_toml(
+                world.identity,
+                keys.member,
+                smtp_port,
+                domain="maild.example",
+                zone="UTC",
+                connections=CONNECTIONS,
+                announce=ANNOUNCE,
+                blog_dir=None,
+            ),
             encoding="utf-8",
         )
 

@@ -283,7 +283,7 @@ def _write_setup(work: Path, smtp_port: int) -> datetime:
             org_toml(org_id, f"security@{org_id}.example", fpr, name=name, basis=basis)
         )
     (work / "orgs.toml").write_text("".join(org_entries), encoding="utf-8")
-    (work / "maild.toml").write_text(_config_toml(wg, member, smtp_port), encoding="utf-8")
+    (work / "maild.toml").write_text(config_toml(wg, member, smtp_port), encoding="utf-8")
 
     zone = ZoneInfo(ZONE)
     day = (datetime.now(zone) + timedelta(days=10)).date()
@@ -323,16 +323,30 @@ pledge = {{ date = 2026-01-15, by = "Ana" }}
 """
 
 
-def _config_toml(identity: str, member: str, smtp_port: int) -> str:
-    return f"""# maild demo configuration (throwaway)
+def config_toml(
+    identity: str,
+    member: str,
+    smtp_port: int,
+    *,
+    domain: str = "demo.example",
+    zone: str = ZONE,
+    listen: str = "127.0.0.1:8025",
+    connections: int = 4,
+    announce: str = "security-announce@demo.example",
+    blog_dir: str | None = "blog",
+) -> str:
+    """A maild.toml for one machine under test: the demo's, and the
+    benchmarks' (identity and intake addresses at `domain`)."""
+    blog = f'blog_dir = "{blog_dir}"\n' if blog_dir is not None else ""
+    return f"""# maild configuration for a demo or a benchmark (throwaway)
 [daemon]
 state_dir = "state"
 
 [calendar]
-timezone = "{ZONE}"
+timezone = "{zone}"
 
 [identity]
-address = "security@demo.example"
+address = "security@{domain}"
 signing_key = "{identity}"
 
 [keys]
@@ -342,19 +356,19 @@ dir = "keys"
 file = "orgs.toml"
 
 [intake]
-listen = "127.0.0.1:8025"
-addresses = ["embargo@demo.example"]
+listen = "{listen}"
+addresses = ["embargo@{domain}"]
 members = ["{member}"]
 
 [smtp]
 host = "127.0.0.1"
 port = {smtp_port}
 starttls = "off"
+connections = {connections}
 
 [announce]
-addresses = ["security-announce@demo.example"]
-blog_dir = "blog"
-"""
+addresses = ["{announce}"]
+{blog}"""
 
 
 def _advisory(disclosure: datetime) -> str:
