@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from maild.adapters.gpg import FolderImport, KeyHealth
 from maild.domain.expiry import (
@@ -19,6 +19,19 @@ from maild.domain.expiry import (
 )
 from maild.domain.models import AdvisoryRecord, AdvisoryState
 from maild.domain.orgs import OrgList, OrgStatus
+
+NOT_IN_FOLDER = "pinned key is not in the keys folder"
+
+
+def key_problem_at(health: KeyHealth, now: datetime) -> str | None:
+    """Why a key in the keys folder cannot be encrypted to at `now` (None:
+    it can): what its health says, or expired by `now`. (A key not in the
+    folder is NOT_IN_FOLDER, and callers say so before any gpg listing.)"""
+    if (problem := health.problem()) is not None:
+        return problem
+    if health.expires_at is not None and health.expires_at <= now:
+        return f"key expired on {health.expires_at.astimezone(UTC).date().isoformat()}"
+    return None
 
 
 @dataclass(frozen=True)

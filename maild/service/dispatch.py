@@ -34,6 +34,7 @@ from maild.domain.models import (
 )
 from maild.domain.orgs import OrgList
 from maild.service import failpoints
+from maild.service.checks import NOT_IN_FOLDER, key_problem_at
 from maild.service.compose import Composer, Draft
 from maild.service.embargo import fresh_message, notice_rows
 from maild.service.keywatch import KeyWatch, Watched
@@ -822,13 +823,12 @@ class Dispatcher:
     def _key_problem(self, fingerprint: str | None, now: datetime) -> str | None:
         if fingerprint is None:
             return "no pinned key"
-        if not self.in_keys_folder(fingerprint):
-            return "pinned key is not in the keys folder"
+        if not self.in_keys_folder(fingerprint):  # never a gpg listing for it
+            return NOT_IN_FOLDER
         health = self.key_health(fingerprint)
-        if health.problem() is not None:
-            return health.problem()
-        if health.expires_at is not None and health.expires_at <= now:
-            return f"key expired on {health.expires_at.date()}"
+        problem = key_problem_at(health, now)
+        if problem is not None:
+            return problem
         if health.expires_at is not None and (
             self._sync_until is None or health.expires_at < self._sync_until
         ):

@@ -34,6 +34,7 @@ from maild.domain.expiry import (
 )
 from maild.domain.models import AdvisoryRecord, AdvisoryState
 from maild.domain.orgs import OrgList
+from maild.service.checks import NOT_IN_FOLDER, key_problem_at
 from maild.service.ports import Store
 
 log = structlog.get_logger("maild.keywatch")
@@ -66,12 +67,9 @@ class Watched:
     def judge(self, use: KeyUse, now: datetime) -> KeyState:
         """The key's state now (the identity key lives in gnupg_home, not the keys folder)."""
         if use.holder is not Holder.IDENTITY and not self.in_keys_folder(use.fingerprint):
-            return KeyState("pinned key is not in the keys folder", None)
+            return KeyState(NOT_IN_FOLDER, None)
         health = self.health(use.fingerprint)
-        problem = health.problem()
-        if problem is None and health.expires_at is not None and health.expires_at <= now:
-            problem = f"key expired on {utc(health.expires_at)}"
-        return KeyState(problem, health.expires_at)
+        return KeyState(key_problem_at(health, now), health.expires_at)
 
 
 @dataclass

@@ -13,12 +13,14 @@ from maild.domain.expiry import KeyState, KeyUse
 from maild.domain.models import AdvisoryRecord
 from maild.domain.orgs import OrgList, parse_orgs
 from maild.service.checks import (
+    NOT_IN_FOLDER,
     Finding,
     check_identity,
     check_members,
     check_orgs,
     check_pending_notices,
     identity_expiry,
+    key_problem_at,
 )
 from maild.service.embargo import Desk, UserError, find
 
@@ -83,8 +85,8 @@ class Setup:
     def key_problem(self, fingerprint: str, now: datetime) -> str | None:
         """Why a pinned key cannot get a notice now (None: it can)."""
         if fingerprint not in self.folder.fingerprints:
-            return "pinned key is not in the keys folder"
-        return self.health(fingerprint, now).problem()
+            return NOT_IN_FOLDER
+        return key_problem_at(self.health(fingerprint, now), now)
 
     def desk(self, now: datetime, *, validate: bool = True) -> Desk:
         """The embargo desk. With `validate` (submit, reschedule: they plan
