@@ -56,6 +56,37 @@ class Process:
         return code
 
 
+def maild_run(
+    world: World, log: str, env: dict[str, str] | None = None, *, wait: bool = True
+) -> Process:
+    """`maild run` on the world's config (`env`: its whole environment),
+    its output in `log` under the world's root; with `wait`, once it has
+    logged that it started."""
+    args = [sys.executable, "-m", "maild", "--config", str(world.config), "run"]
+    proc = Process(args, world.root / log, env=env)
+    if wait:
+        wait_for("the daemon to start", lambda: '"event": "started"' in proc.text())
+    return proc
+
+
+def send_mail(world: World, mail: bytes) -> str:
+    """The intake's reply to `mail`, or what went wrong on the connection."""
+
+    async def send() -> str:
+        client = aiosmtplib.SMTP(hostname="127.0.0.1", port=world.listen_port, start_tls=False)
+        await client.connect()
+        try:
+            _, reply = await client.sendmail("m@wg.example", ["embargo@maild.example"], mail)
+        finally:
+            client.close()
+        return reply
+
+    try:
+        return asyncio.run(send())
+    except aiosmtplib.SMTPException as exc:
+        return f"failed: {type(exc).__name__}: {exc}"
+
+
 @pytest.fixture
 def sink(world: World) -> Iterator[tuple[Process, int, Path]]:
     """The loopback smarthost as its own process, keeping a Maildir."""
@@ -80,12 +111,7 @@ def daemon(world: World, sink: tuple[Process, int, Path]) -> Iterator[Callable[[
     started: list[Process] = []
 
     def start() -> Process:
-        n = len(started)
-        proc = Process(
-            [sys.executable, "-m", "maild", "--config", str(world.config), "run"],
-            world.root / f"daemon-{n}.log",
-        )
-        wait_for("the daemon to start", lambda: '"event": "started"' in proc.text())
+        proc = maild_run(world, f"daemon-{len(started)}.log")
         started.append(proc)
         return proc
 
@@ -267,17 +293,7 @@ def test_a_member_submits_by_mail_to_the_running_daemon(
     proc = daemon()
     with correspondent(world) as who:
         mail = member_mail(who, world.advisory().read_text())
-
-        async def send() -> str:
-            client = aiosmtplib.SMTP(hostname="127.0.0.1", port=world.listen_port, start_tls=False)
-            await client.connect()
-            try:
-                _, reply = await client.sendmail("m@wg.example", ["embargo@maild.example"], mail)
-            finally:
-                client.close()
-            return reply
-
-        assert "Ok: accepted" in asyncio.run(send())
+        assert "Ok: accepted" in send_mail(world, mail)
         reply = wait_for("the reply", lambda: to(sink[2], "m@wg.example"))
         assert isinstance(reply, list)
         armored = re.search(

@@ -6,7 +6,6 @@ kill), and every copy sent again is flagged `possible_duplicate`."""
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import os
 import re
@@ -20,7 +19,6 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import aiosmtplib
 import pytest
 
 from maild.adapters.gpg import Keyring
@@ -28,7 +26,7 @@ from maild.adapters.store import SqliteStore
 from maild.domain.models import MessageKind, MessageRecord, MessageState
 from tests.conftest import CLI
 from tests.mailfactory import correspondent, member_mail
-from tests.test_e2e_daemon import WAIT, Process, receipts, sink, wait_for
+from tests.test_e2e_daemon import WAIT, Process, maild_run, receipts, send_mail, sink, wait_for
 from tests.world import World, org_entry
 
 __all__ = ["sink"]  # the loopback smarthost fixture, imported from test_e2e_daemon
@@ -52,16 +50,8 @@ def start(world: World, sink: Sink) -> Iterator[Start]:
     started: list[Process] = []
 
     def run(failpoint: str | None = None) -> Process:
-        with pytest.MonkeyPatch.context() as patch:  # Popen passes the environment on
-            patch.delenv("MAILD_FAILPOINT", raising=False)
-            if failpoint is not None:
-                patch.setenv("MAILD_FAILPOINT", failpoint)
-            proc = Process(
-                [sys.executable, "-m", "maild", "--config", str(world.config), "run"],
-                world.root / f"daemon-{len(started)}.log",
-            )
+        proc = maild_run(world, f"daemon-{len(started)}.log", env(failpoint))
         started.append(proc)
-        wait_for("the daemon to start", lambda: '"event": "started"' in proc.text())
         return proc
 
     yield run
@@ -225,24 +215,6 @@ def test_kill_9_between_data_and_receipt_repeatedly(
     wait_for("every notice accepted", lambda: all_accepted(world, adv))
     check_release(world, adv, sink[2], kills=3, at_least_one_per_kill=True)
     assert last.stop() == 0
-
-
-def send_mail(world: World, mail: bytes) -> str:
-    """The intake's reply to `mail`, or what went wrong on the connection."""
-
-    async def send() -> str:
-        client = aiosmtplib.SMTP(hostname="127.0.0.1", port=world.listen_port, start_tls=False)
-        await client.connect()
-        try:
-            _, reply = await client.sendmail("m@wg.example", ["embargo@maild.example"], mail)
-        finally:
-            client.close()
-        return reply
-
-    try:
-        return asyncio.run(send())
-    except aiosmtplib.SMTPException as exc:
-        return f"failed: {type(exc).__name__}: {exc}"
 
 
 def table_counts(world: World) -> dict[str, int]:

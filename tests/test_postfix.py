@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
@@ -22,7 +21,7 @@ import pytest
 from maild.adapters.store import SqliteStore
 from tests.conftest import CLI
 from tests.postfix import Postfix, available, running
-from tests.test_e2e_daemon import Process, decrypts_for, submit, wait_for
+from tests.test_e2e_daemon import Process, decrypts_for, maild_run, submit, wait_for
 from tests.world import World
 
 NOT_HERE = available()  # why a private Postfix cannot run here, if it cannot
@@ -64,12 +63,8 @@ def daemon(world: World) -> Iterator[Callable[[Postfix], Process]]:
 
     def start(smarthost: Postfix) -> Process:
         world.enable_run(smarthost.port)
-        proc = Process(
-            [sys.executable, "-m", "maild", "--config", str(world.config), "run"],
-            world.root / "daemon.log",
-        )
+        proc = maild_run(world, "daemon.log")
         started.append(proc)
-        wait_for("the daemon to start", lambda: '"event": "started"' in proc.text())
         return proc
 
     yield start

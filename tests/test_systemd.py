@@ -215,8 +215,7 @@ def start_daemon(world: World, env: dict[str, str], log: str) -> e2e.Process:
     """`maild run` on the world, with `env` added to (and WATCHDOG_PID
     removed from) this process's environment."""
     base = {k: v for k, v in os.environ.items() if k != "WATCHDOG_PID"}
-    args = [sys.executable, "-m", "maild", "--config", str(world.config), "run"]
-    return e2e.Process(args, world.root / log, env={**base, **env})
+    return e2e.maild_run(world, log, {**base, **env}, wait=False)
 
 
 def test_the_daemon_notifies_ready_status_watchdog_and_stopping(
