@@ -123,3 +123,10 @@ def test_fingerprint_normalisation() -> None:
     assert normalise_fingerprint("0x" + A.lower()) == A
     with pytest.raises(ValueError, match="short key id"):
         normalise_fingerprint("ABCD1234")
+
+
+def test_a_fingerprint_with_a_trailing_newline_is_refused() -> None:
+    """A pin written as "...\\n" in TOML is refused, not stored with the
+    newline (it would then never match a key, and block the org silently)."""
+    with pytest.raises(ValueError, match="not a 40-hex"):
+        normalise_fingerprint(A + "\n")

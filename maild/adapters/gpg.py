@@ -36,6 +36,7 @@ from typing import Any
 import gnupg
 
 from maild.adapters.files import make_private_dirs
+from maild.domain.orgs import HEX40
 
 __all__ = ["FolderImport", "GpgError", "KeyHealth", "Keyring", "Signature"]
 
@@ -43,7 +44,6 @@ __all__ = ["FolderImport", "GpgError", "KeyHealth", "Keyring", "Signature"]
 # import). That would put a mistakenly dropped secret key into the logs, so keep it quieter.
 logging.getLogger("gnupg").setLevel(logging.INFO)
 
-_FPR_RE = re.compile(r"[0-9A-F]{40}")
 _PUBLIC_ARMOR_RE = re.compile(rb"^-----BEGIN PGP PUBLIC KEY BLOCK-----\r?$", re.MULTILINE)
 _SECRET_ARMOR = b"-----BEGIN PGP PRIVATE KEY BLOCK-----"
 _REVOCS_DIR = "openpgp-revocs.d"
@@ -71,7 +71,7 @@ def _one_line(text: str) -> str:
 def _normalise_fpr(fingerprint: str) -> str | None:
     """Upper-cased fingerprint if it is a full 40-hex fingerprint, else None."""
     candidate = fingerprint.upper()
-    return candidate if _FPR_RE.fullmatch(candidate) else None
+    return candidate if HEX40.fullmatch(candidate) else None
 
 
 def _require_aware(when: datetime, name: str) -> datetime:
@@ -108,7 +108,7 @@ class KeyHealth:
 
     def problem(self) -> str | None:
         """None when the key is usable for encryption, else one short phrase saying why not."""
-        if _FPR_RE.fullmatch(self.fingerprint) is None:
+        if HEX40.fullmatch(self.fingerprint) is None:
             return "not a full 40-hex fingerprint"
         if not self.present:
             return "no key with this fingerprint in the keys folder"

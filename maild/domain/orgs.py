@@ -17,7 +17,7 @@ from maild.domain.fields import Table
 from maild.domain.tomlsource import LineIndex, SourceError, parse_toml
 
 ORG_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-HEX40 = re.compile(r"^[0-9A-F]{40}$")
+HEX40 = re.compile(r"[0-9A-F]{40}")  # a full fingerprint (use fullmatch)
 EMAIL = re.compile(r"^[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+$")
 
 
@@ -90,7 +90,7 @@ def normalise_fingerprint(value: str) -> str:
     """Upper-case hex with the spaces gpg prints removed; refuses short ids."""
     compact = value.replace(" ", "").upper()
     compact = compact.removeprefix("0X")
-    if HEX40.match(compact):
+    if HEX40.fullmatch(compact):
         return compact
     if re.fullmatch(r"[0-9A-F]{8}|[0-9A-F]{16}", compact):
         raise ValueError(
