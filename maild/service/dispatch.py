@@ -183,7 +183,6 @@ class Dispatcher:
         it is; one with nothing left to prepare is not read again to prepare
         it."""
         now = self.clock()
-        self._keywatch.run(now, self._watched())
         for advisory_id in sorted(self._touched):
             self._touched.discard(advisory_id)
             if (touched := self.store.get_advisory(advisory_id)) is not None:
@@ -200,6 +199,9 @@ class Dispatcher:
         if sync is not None:
             self._synced = sync
         unprepared |= await self._release(due_now)
+        # Key health after the release: its first look after a start lists
+        # every key with gpg, which must not delay what is due.
+        unprepared |= self._keywatch.run(now, self._watched())
         due_now = []
         for record, messages in self._work(now, sync=False, only=unprepared):
             ready = await self._prepare(record, messages, now)

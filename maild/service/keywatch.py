@@ -2,7 +2,7 @@
 and the WG alerted of each that expires within 30 days (once per key and
 expiry date); from 24 hours before each notice time, the WG is told in one
 alert which recipients would be blocked then (once per advisory and notice
-time). The dispatcher calls `run` at the start of every tick; it reads the
+time). The dispatcher calls `run` in every tick, after the first release; it reads the
 store only when something may be due. Logs name events and fingerprints,
 never key material."""
 
@@ -83,9 +83,11 @@ class KeyWatch:
     _next: datetime | None = field(init=False, default=None)
     _done: set[tuple[str, datetime]] = field(init=False, default_factory=set)
 
-    def run(self, now: datetime, watched: Watched) -> None:
+    def run(self, now: datetime, watched: Watched) -> set[str]:
+        """The day's check and the 24-hour looks; returns the advisories that
+        got a new alert (to be prepared)."""
         self.daily(now, watched)
-        self.before_notices(now, watched)
+        return self.before_notices(now, watched)
 
     def next_wake(self, now: datetime) -> datetime | None:
         """When the next advisory's 24-hour look is due (None: none ahead)."""
@@ -115,16 +117,16 @@ class KeyWatch:
             log.info("key-check", keys=len(keys), expiring=len(expiring))
         self._checked = today
 
-    def before_notices(self, now: datetime, w: Watched) -> None:
+    def before_notices(self, now: datetime, w: Watched) -> set[str]:
         """From 24 hours before an advisory's notice time, one alert listing
         the recipients that would be blocked then. The advisories are read
         only when one was added or changed, the orgs list changed, or the
         next look falls due."""
         seen = (self.store.data_version(), id(w.orgs))
         if seen == self._seen and (self._next is None or now < self._next):
-            return
+            return set()
         soonest: datetime | None = None
-        looking = set()
+        looking, alerted = set(), set()
         for record in self.store.list_advisories():
             if record.state is not AdvisoryState.SCHEDULED:
                 continue
@@ -135,19 +137,20 @@ class KeyWatch:
             if not due or notify_at is None:
                 continue
             looking.add((record.id, notify_at))
-            if (record.id, notify_at) not in self._done:
-                self._warn(record, notify_at, now, w)
+            if (record.id, notify_at) not in self._done and self._warn(record, notify_at, now, w):
+                alerted.add(record.id)
         # Only a look that went through to the end stands (else the next tick looks again).
         self._seen, self._next, self._done = seen, soonest, looking
+        return alerted
 
-    def _warn(self, record: AdvisoryRecord, notify_at: datetime, now: datetime, w: Watched) -> None:
+    def _warn(self, record: AdvisoryRecord, notify_at: datetime, now: datetime, w: Watched) -> bool:
         risks = at_risk(
             recipients(w.orgs, record.meta.extra_recipients),
             lambda use: w.judge(use, now),
             notify_at,
         )
         if not risks:
-            return
+            return False
         text = mailtext.at_risk_alert(record.meta, notify_at, risks, w.calendar)
         what = mailtext.at_risk_what(len(risks))
         if self.queue_alert(record.id, at_risk_about(record.id, notify_at), text, what):
@@ -156,3 +159,5 @@ class KeyWatch:
                 advisory=record.id,
                 fingerprints=[r.use.fingerprint for r in risks],
             )
+            return True
+        return False
