@@ -214,3 +214,19 @@ def test_discarding_payloads_only_touches_messages_still_waiting(store: AnyStore
     assert store.payload(blocked.message_id) is None
     assert store.payload(sent.message_id) == (1, b"bytes")
     assert store.discard_payloads([]) == 0
+
+
+def test_messages_are_counted_by_state(store: AnyStore) -> None:
+    """The status line systemd shows counts waiting messages: queued and
+    deferred ones count, sent ones do not."""
+    store.add_advisory(advisory(), [message("RSA-2026-0001", n) for n in (1, 2, 3)], event())
+    first, second, _ = store.messages("RSA-2026-0001")
+    store.update_messages(
+        [
+            replace(first, state=MessageState.ACCEPTED, attempts=1, sent_at=AT),
+            replace(second, state=MessageState.DEFERRED, attempts=1, next_attempt_at=AT),
+        ]
+    )
+    assert store.count_messages([MessageState.QUEUED, MessageState.DEFERRED]) == 2
+    assert store.count_messages([MessageState.ACCEPTED]) == 1
+    assert store.count_messages([MessageState.FAILED]) == 0

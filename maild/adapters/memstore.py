@@ -245,6 +245,11 @@ class MemoryStore:
         values = {MessageState(x).value for x in states}
         return {m["advisory_id"] for m in self._messages if m["state"] in values}
 
+    def count_messages(self, states: Sequence[MessageState]) -> int:
+        self._check_open()
+        values = {MessageState(x).value for x in states}
+        return sum(1 for m in self._messages if m["state"] in values)
+
     def payload(self, message_id: str) -> tuple[int, bytes] | None:
         self._check_open()
         row = self._payloads.get(message_id)

@@ -746,6 +746,12 @@ class SqliteStore:
         sql = f"SELECT DISTINCT advisory_id FROM messages WHERE state IN ({marks})"
         return {r["advisory_id"] for r in self._query(sql, values)}
 
+    def count_messages(self, states: Sequence[MessageState]) -> int:
+        values = [MessageState(x).value for x in states]
+        marks = ", ".join("?" for _ in values)
+        sql = f"SELECT COUNT(*) AS n FROM messages WHERE state IN ({marks})"
+        return int(self._query(sql, values)[0]["n"])
+
     def payload(self, message_id: str) -> tuple[int, bytes] | None:
         sql = "SELECT advisory_version, data FROM payloads WHERE message_id = ?"
         rows = self._query(sql, (message_id,))

@@ -138,6 +138,10 @@ class Store(Protocol):
         """Ids of advisories that have a message in one of `states`."""
         ...
 
+    def count_messages(self, states: Sequence[MessageState]) -> int:
+        """How many messages (of any advisory, or none) are in one of `states`."""
+        ...
+
     def payload(self, message_id: str) -> tuple[int, bytes] | None:
         """(advisory version, prepared bytes), or None if not prepared."""
         ...

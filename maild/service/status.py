@@ -14,7 +14,7 @@ WAITING = (MessageState.QUEUED, MessageState.DEFERRED)
 def queue_size(store: Store) -> str:
     """Open advisories (scheduled or notified) and messages not yet sent."""
     advisories = sum(1 for record in store.list_advisories() if record.state.is_open)
-    messages = len(store.find_messages(states=WAITING))
+    messages = store.count_messages(WAITING)  # a count, not every row decoded
     return f"advisories open: {advisories}, messages waiting: {messages}"
 
 
