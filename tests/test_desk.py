@@ -76,6 +76,25 @@ def test_submit_seals_text_and_patches_and_holds_blocked_keys() -> None:
     assert [e.kind for e in store.events()] == ["submitted"]
 
 
+def test_notice_ids_are_unique_and_the_public_ones_tell_nothing_of_ack_tokens() -> None:
+    """Every notice gets its own 32-hex Message-ID/ENVID and ack token; the
+    Message-ID, which every relay sees, shares no prefix with any ack token
+    (ack tokens only travel inside the encryption)."""
+    store = MemoryStore()
+    now = datetime(2026, 11, 24, tzinfo=UTC)
+    orgs = "".join(org_toml(f"o{i}", f"s@o{i}.example", f"{i:040X}") for i in range(50))
+    desk = replace(make_desk(store), orgs=parse_orgs(orgs, "orgs.toml"))
+    record = desk.submit(advisory(), "a.md", [], now, "cli:t")
+    notices = store.messages(record.id)
+    assert len(notices) == 50
+    ids = [m.envid for m in notices]
+    acks = [m.ack_token or "" for m in notices]
+    assert len(set(ids) | set(acks)) == 100
+    assert all(len(t) == 32 and int(t, 16) >= 0 for t in ids + acks)
+    assert all(m.message_id == f"<{m.envid}@wg.example>" for m in notices)
+    assert not any(i[:12] == a[:12] for i in ids for a in acks)
+
+
 def test_no_notice_tier_queues_no_notices() -> None:
     """A crate advisory gets no notices: the next action is disclosure."""
     store = MemoryStore()
