@@ -387,7 +387,7 @@ def _timed_module_function(module: Any, name: str) -> Iterator[_Total]:
 
 
 class _Transactions:
-    """Time inside the intake's group commits (`GroupCommit._flush`: one transaction
+    """Time inside the intake's group commits (`GroupCommit._commit`: one transaction
     for the members' mail ready together, commit and fsync included), on the event
     loop's thread."""
 

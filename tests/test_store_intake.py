@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -116,7 +117,7 @@ def test_group_commit_answers_each_caller_after_one_commit(store: AnyStore) -> N
     """Submissions ready together share one transaction: each caller gets its
     own result or its own error (its writes undone, the others' kept), and only
     once the batch is committed (a second connection then sees the writes)."""
-    commits = GroupCommit(store.atomic)
+    commits = GroupCommit(store)
 
     def add(n: int) -> str:
         store.add_messages(None, [reply(n)])
@@ -152,7 +153,7 @@ def test_group_commit_writes_nothing_of_a_batch_whose_transaction_is_lost(
 ) -> None:
     """When SQLite ends the transaction itself (e.g. disk full), no caller of
     that batch is told its mail was taken, and nothing of the batch is stored."""
-    commits = GroupCommit(store.atomic)
+    commits = GroupCommit(store)
 
     def add(n: int) -> None:
         store.add_messages(None, [reply(n)])
@@ -166,3 +167,83 @@ def test_group_commit_writes_nothing_of_a_batch_whose_transaction_is_lost(
     outcomes = asyncio.run(main())
     assert all(isinstance(o, TransactionLost) for o in outcomes)
     assert store.find_messages(kinds=[MessageKind.REPLY]) == []
+
+
+class _Flushes(SqliteStore):
+    """The real SQLite store, noting what was already answered at each flush
+    to disk, and failing the flush on demand."""
+
+    answered: list[str]
+    flushed_after: list[list[str]]
+    fail: bool = False
+
+    def sync(self) -> None:
+        self.flushed_after.append(list(self.answered))
+        if self.fail:
+            raise StoreError(f"{self.path}: cannot flush the state database to disk: EIO")
+        super().sync()
+
+
+def _flushing_store(path: Path) -> _Flushes:
+    plain = SqliteStore.open(path)
+    store = _Flushes(plain._conn, plain.path)
+    store.answered, store.flushed_after = [], []
+    return store
+
+
+def test_group_commit_answers_only_after_the_batch_is_flushed_to_disk(tmp_path: Path) -> None:
+    """No caller hears that its write is done (a 250, a claim that lets a
+    message go on the wire) before the batch is flushed to disk; when the
+    flush fails, every caller of the batch gets the error instead."""
+    store = _flushing_store(tmp_path / "maild.db")
+    commits = GroupCommit(store)
+
+    async def caller(n: int) -> None:
+        await commits.run(lambda: store.add_messages(None, [reply(n)]))
+        store.answered.append(f"reply-{n}")
+
+    async def main() -> list[BaseException | None]:
+        return await asyncio.gather(*(caller(n) for n in (1, 2)), return_exceptions=True)
+
+    try:
+        assert asyncio.run(main()) == [None, None]
+        assert store.flushed_after == [[]]  # one batch, flushed before anyone was answered
+        store.fail = True
+        store.answered.clear()
+        outcomes = asyncio.run(main())
+        assert all(isinstance(o, StoreError) and "flush" in str(o) for o in outcomes)
+        assert store.answered == []
+    finally:
+        store.close()
+
+
+def test_writes_outside_group_commit_stay_flushed_at_each_commit(tmp_path: Path) -> None:
+    """Only a group commit defers its flush (and does it itself): every
+    other write, before or after one, is flushed by SQLite at its commit."""
+    store = SqliteStore.open(tmp_path / "maild.db")
+    try:
+
+        def synchronous() -> int:
+            return int(store._conn.execute("PRAGMA synchronous").fetchone()["synchronous"])
+
+        assert synchronous() == 2  # FULL
+        with store.unsynced():
+            assert synchronous() == 1  # NORMAL: the caller flushes
+            store.add_messages(None, [reply(1)])
+        assert synchronous() == 2
+        with pytest.raises(RuntimeError), store.unsynced():
+            raise RuntimeError("the batch failed")
+        assert synchronous() == 2
+        store.sync()  # the WAL the commit wrote can be flushed
+    finally:
+        store.close()
+
+
+def test_flushing_a_closed_store_is_a_clear_error(tmp_path: Path) -> None:
+    """A flush that cannot reach the database's write-ahead log says so and
+    names the database; it never passes silently."""
+    store = SqliteStore.open(tmp_path / "maild.db")
+    store.add_messages(None, [reply(1)])
+    store.close()  # the last connection: SQLite removes the WAL
+    with pytest.raises(StoreError, match=r"maild\.db: cannot flush the state database"):
+        store.sync()

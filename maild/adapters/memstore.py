@@ -141,6 +141,15 @@ class MemoryStore:
             self.__dict__.update(saved)
             raise
 
+    @contextmanager
+    def unsynced(self) -> Iterator[None]:
+        """Nothing to flush in memory."""
+        self._check_open()
+        yield
+
+    def sync(self) -> None:
+        """Nothing to flush in memory."""
+
     def find_messages(
         self,
         *,

@@ -13,6 +13,7 @@ import json
 import operator
 import os
 import sqlite3
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import fields, replace
@@ -537,6 +538,7 @@ class SqliteStore:
         self._conn = conn
         self.path = path
         self._advisory_writes = 0  # add_advisory and update_advisory on this connection
+        self._wal = _WalFile(path.with_name(path.name + "-wal"))
         conn.row_factory = _dict_row
 
     @classmethod
@@ -643,6 +645,36 @@ class SqliteStore:
     def _in_transaction(self) -> bool:
         try:
             return self._conn.in_transaction
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: {exc}; nothing was written") from exc
+
+    @contextmanager
+    def unsynced(self) -> Iterator[None]:
+        """Commits inside are written to the WAL without its fsync
+        (`synchronous=NORMAL` in WAL mode); `sync()` makes them durable. A
+        commit there is then as durable as with `synchronous=FULL`, which is
+        exactly that fsync after each commit. Inside a transaction this
+        changes nothing: the outer block's commit decides."""
+        if self._conn.in_transaction:
+            yield
+            return
+        self._pragma("PRAGMA synchronous = NORMAL")
+        try:
+            yield
+        finally:
+            self._pragma("PRAGMA synchronous = FULL")
+
+    def sync(self) -> None:
+        try:
+            self._wal.sync()
+        except OSError as exc:
+            raise StoreError(
+                f"{self.path}: cannot flush the state database to disk: {exc}"
+            ) from exc
+
+    def _pragma(self, sql: str) -> None:
+        try:
+            self._conn.execute(sql)
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: {exc}; nothing was written") from exc
 
@@ -817,6 +849,7 @@ class SqliteStore:
 
     def close(self) -> None:
         self._conn.close()
+        self._wal.close()
 
     def _query(self, sql: str, params: Sequence[object] = ()) -> list[Row]:
         try:
@@ -896,6 +929,49 @@ def _savepoint(conn: sqlite3.Connection, path: Path) -> Iterator[None]:
         conn.execute("RELEASE atomic")
     except sqlite3.Error as exc:
         raise lost() from exc
+
+
+class _WalFile:
+    """A descriptor of the database's WAL file, for `SqliteStore.sync()` from
+    any thread. SQLite holds no lock on the WAL file (its WAL locks live in
+    the -shm file, the others on the database file), so opening and closing
+    this descriptor cannot drop any (see `_create_private`). SQLite removes
+    the WAL only when its last connection closes, never while this store is
+    open; still, a WAL that is not the file this descriptor holds (another
+    inode) is opened again, with its folder flushed, so a sync never flushes
+    the wrong file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+        self._lock = threading.Lock()
+
+    def sync(self) -> None:
+        with self._lock:
+            current = os.stat(self.path)
+            fd = self._fd
+            if fd is None or not os.path.samestat(os.fstat(fd), current):
+                if fd is not None:
+                    os.close(fd)
+                self._fd = None
+                fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+                self._fd = fd
+                _sync_folder(self.path.parent)
+            os.fdatasync(fd)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+
+def _sync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _create_private(path: Path) -> None:

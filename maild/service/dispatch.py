@@ -37,6 +37,7 @@ from maild.service import failpoints
 from maild.service.checks import NOT_IN_FOLDER, key_problem_at
 from maild.service.compose import Composer, Draft
 from maild.service.embargo import fresh_message, notice_rows
+from maild.service.groupcommit import GroupCommit
 from maild.service.keywatch import KeyWatch, Watched
 from maild.service.ports import Store
 from maild.service.scheduler import SENDABLE, backoff, due, due_time, next_wake
@@ -52,60 +53,6 @@ class Smarthost(Protocol):
     async def send(self, envelope: Envelope) -> SendResult: ...
 
     async def close(self) -> None: ...
-
-
-class Journal:
-    """Group commit for receipts. The writes that arrive together share one
-    transaction, so many messages cost far fewer fsyncs. `commit` returns only
-    once its write is committed.
-
-    A write holds a claim, an outcome, or both. A claim marks a message
-    `sending` before its SMTP transaction, and takes only if the message is
-    still queued or deferred and its advisory has not changed since it was
-    read (a CLI change wins); an outcome lands only on a message that is
-    still `sending`. A connection writes the outcome of the message it just
-    sent together with the claim of its next one: one transaction per message
-    and connection, and still at most one message `sending` per connection."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self._claims: list[tuple[MessageRecord, int]] = []
-        self._outcomes: list[MessageRecord] = []
-        self._waiting: list[tuple[str | None, asyncio.Future[bool]]] = []
-        self._flusher: asyncio.Task[None] | None = None
-
-    async def commit(
-        self, outcome: MessageRecord | None, claim: tuple[MessageRecord, int] | None = None
-    ) -> bool:
-        """Write `outcome` and `claim` in one transaction; True if the claim took."""
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[bool] = loop.create_future()
-        if outcome is not None:
-            self._outcomes.append(outcome)
-        if claim is not None:
-            self._claims.append(claim)
-        self._waiting.append((None if claim is None else claim[0].message_id, done))
-        if self._flusher is None:
-            self._flusher = loop.create_task(self._flush())
-        return await done
-
-    async def _flush(self) -> None:
-        await asyncio.sleep(0)  # let the writes that are ready now join this batch
-        try:
-            while self._waiting:
-                claims, outcomes, waiting = self._claims, self._outcomes, self._waiting
-                self._claims, self._outcomes, self._waiting = [], [], []
-                try:
-                    taken = self.store.commit_receipts(outcomes, claims)
-                    failpoints.hit("release", len(outcomes))
-                except Exception as exc:
-                    for _, f in waiting:
-                        f.set_exception(exc)
-                    continue
-                for claimed, f in waiting:
-                    f.set_result(claimed in taken)
-        finally:
-            self._flusher = None
 
 
 @dataclass(frozen=True)
@@ -134,7 +81,7 @@ class Dispatcher:
     connections: int = 4
     stopping: Callable[[], bool] = lambda: False  # SIGTERM: start no new transaction
     keys_version: Callable[[], object] = lambda: None  # changes when the keyring changes
-    _journal: Journal = field(init=False)
+    _commits: GroupCommit = field(init=False)
     _touched: set[str] = field(init=False, default_factory=set)
     # What the last sync with the orgs list and keys was judged on (None: never synced),
     # and the earliest key expiry it saw ahead (its verdicts hold until then).
@@ -143,7 +90,7 @@ class Dispatcher:
     _keywatch: KeyWatch = field(init=False)
 
     def __post_init__(self) -> None:
-        self._journal = Journal(self.store)
+        self._commits = GroupCommit(self.store)
         self._keywatch = KeyWatch(self.store, self._queue_alert)
 
     async def aclose(self) -> None:
@@ -687,7 +634,7 @@ class Dispatcher:
                 continue  # too late to matter; marked failed when the advisory is disclosed
             if m.kind is MessageKind.NOTICE and (problem := self._key_problem(m.fingerprint, now)):
                 blocked = replace(m, state=MessageState.BLOCKED, detail=problem)
-                if await self._journal.commit(outcome, (blocked, record.version)):
+                if await self._receipts(outcome, (blocked, record.version)):
                     done.append(blocked)
                 if outcome is not None:
                     done.append(outcome)
@@ -697,7 +644,7 @@ class Dispatcher:
             if stored is None or stored[0] != record.version:
                 continue
             sending = replace(m, state=MessageState.SENDING, attempts=m.attempts + 1)
-            claimed = await self._journal.commit(outcome, (sending, record.version))
+            claimed = await self._receipts(outcome, (sending, record.version))
             if outcome is not None:
                 done.append(outcome)
             outcome = None
@@ -710,8 +657,33 @@ class Dispatcher:
             deadline = record.plan.disclose_at if m.kind in EMBARGOED_MAIL else None
             outcome = self._outcome(sending, result, deadline=deadline)
         if outcome is not None:
-            await self._journal.commit(outcome)
+            await self._receipts(outcome)
             done.append(outcome)
+
+    async def _receipts(
+        self, outcome: MessageRecord | None, claim: tuple[MessageRecord, int] | None = None
+    ) -> bool:
+        """Commit a sent message's outcome and the claim of the next one in one
+        (group-committed) transaction; True if the claim took.
+
+        A claim marks a message `sending` before its SMTP transaction, and
+        takes only if the message is still queued or deferred and its advisory
+        has not changed since it was read (a CLI change wins); an outcome lands
+        only on a message that is still `sending`. Each connection writes the
+        outcome of the message it just sent together with the claim of its
+        next one, so there is at most one message `sending` per connection,
+        and the commits of the connections share transactions."""
+
+        def write() -> bool:
+            taken = self.store.commit_receipts(
+                [] if outcome is None else [outcome], [] if claim is None else [claim]
+            )
+            return claim is not None and claim[0].message_id in taken
+
+        claimed = await self._commits.run(write)
+        if outcome is not None:
+            failpoints.hit("release")
+        return claimed
 
     def _outcome(
         self,

@@ -106,7 +106,7 @@ class Intake:
     full_disk: Callable[[], str | None] = lambda: None
 
     def __post_init__(self) -> None:
-        self._commits = GroupCommit(self.store.atomic)
+        self._commits = GroupCommit(self.store)
 
     @property
     def _views(self) -> Clock:

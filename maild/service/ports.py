@@ -79,6 +79,18 @@ class Store(Protocol):
         savepoint), and commits with the outer one."""
         ...
 
+    def unsynced(self) -> AbstractContextManager[None]:
+        """A block whose commits are written but not yet flushed to disk: they
+        are visible at once, and durable only after `sync()`. For group
+        commit, where the flush runs in a thread while the event loop goes on;
+        nobody may be told of (or act on) such a commit before `sync()`."""
+        ...
+
+    def sync(self) -> None:
+        """Flush every commit made so far to disk. Safe to call from any
+        thread: it touches no connection; StoreError if it cannot."""
+        ...
+
     def find_messages(
         self,
         *,
