@@ -21,6 +21,7 @@ from maild import config as configuration
 from maild.adapters.gpg import GpgError, Keyring
 from maild.adapters.sink import RunningSink, start_sink
 from maild.domain.models import MessageKind, MessageState
+from maild.service import dispatch
 from maild.service.clock import ManualClock
 from maild.service.compose import Composer
 from maild.service.daemon import build
@@ -128,10 +129,15 @@ def test_notices_are_prepared_ahead_and_nothing_is_sent_early(harness: Harness) 
     assert harness.setup.store.payload(disclosure.message_id) is None
 
 
-def test_each_org_gets_its_own_encrypted_signed_notice(harness: Harness) -> None:
+@pytest.mark.parametrize("batch", [dispatch.PAYLOAD_BATCH, 1])
+def test_each_org_gets_its_own_encrypted_signed_notice(
+    harness: Harness, batch: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """At the notice time each org address receives one notice that decrypts
     with its own key and no other, is signed by the identity key, carries the
-    advisory, the patch and the disclosure time, and leaks nothing outside."""
+    advisory, the patch and the disclosure time, and leaks nothing outside;
+    also when the release reads the prepared bytes one message at a time."""
+    monkeypatch.setattr(dispatch, "PAYLOAD_BATCH", batch)
     harness.tick()
     harness.clock.now = NOTICE
     harness.tick()

@@ -262,6 +262,14 @@ def test_messages_list_by_kind_org_address(store: AnyStore) -> None:
     assert store.messages("B") == [message("B", 1)]
 
 
+def test_an_advisory_for_thousands_of_addresses_is_stored_whole(store: AnyStore) -> None:
+    """A list of 1,201 addresses (more than one INSERT statement's worth of
+    rows) stores every notice with every field, and reads back complete."""
+    notices = [message("A", n, full=True, org=f"org{n:05d}") for n in range(1201)]
+    store.add_advisory(advisory("A"), notices, event(advisory_id="A"))
+    assert store.messages("A") == notices
+
+
 def test_events_filter_by_advisory_in_order(store: AnyStore) -> None:
     """events() gives the whole log in order; events(id) only that advisory's."""
     store.add_advisory(advisory("A"), [], event("accepted", "A"))

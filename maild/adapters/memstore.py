@@ -264,6 +264,11 @@ class MemoryStore:
         row = self._payloads.get(message_id)
         return None if row is None else (row["advisory_version"], row["data"])
 
+    def payloads(self, message_ids: Sequence[str]) -> dict[str, tuple[int, bytes]]:
+        self._check_open()
+        rows = {i: self._payloads[i] for i in message_ids if i in self._payloads}
+        return {i: (r["advisory_version"], r["data"]) for i, r in rows.items()}
+
     def payload_versions(self, advisory_id: str) -> dict[str, int]:
         self._check_open()
         ids = {m["message_id"] for m in self._messages if m["advisory_id"] == advisory_id}

@@ -789,6 +789,20 @@ class SqliteStore:
         rows = self._query(sql, (message_id,))
         return (rows[0]["advisory_version"], bytes(rows[0]["data"])) if rows else None
 
+    def payloads(self, message_ids: Sequence[str]) -> dict[str, tuple[int, bytes]]:
+        ids = list(dict.fromkeys(message_ids))
+        found = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ", ".join("?" for _ in chunk)
+            sql = (
+                "SELECT message_id, advisory_version, data FROM payloads "
+                f"WHERE message_id IN ({marks})"
+            )
+            for r in self._query(sql, chunk):
+                found[r["message_id"]] = (r["advisory_version"], bytes(r["data"]))
+        return found
+
     def payload_versions(self, advisory_id: str) -> dict[str, int]:
         rows = self._query(
             "SELECT p.message_id, p.advisory_version FROM payloads p "
@@ -821,7 +835,17 @@ class SqliteStore:
                 taken = conn.execute(sql, chunk).fetchone()
                 if taken:
                     raise duplicate_message(column, taken[column])
-        conn.executemany(_insert("messages", MESSAGE_COLUMNS), message_rows)
+        # A few multi-row INSERTs, not one statement per row: each statement lets
+        # go of the GIL while SQLite runs it, and under intake load taking it
+        # back can wait on the threads that run gpg.
+        row_marks = "(" + ", ".join("?" for _ in MESSAGE_COLUMNS) + ")"
+        names = ", ".join(MESSAGE_COLUMNS)
+        for start in range(0, len(message_rows), _ROWS_PER_INSERT):
+            rows = message_rows[start : start + _ROWS_PER_INSERT]
+            conn.execute(
+                f"INSERT INTO messages ({names}) VALUES {', '.join([row_marks] * len(rows))}",
+                [row[c] for row in rows for c in MESSAGE_COLUMNS],
+            )
 
     def get_advisory(self, advisory_id: str) -> AdvisoryRecord | None:
         rows = self._query("SELECT * FROM advisories WHERE id = ?", (advisory_id,))
@@ -860,6 +884,11 @@ class SqliteStore:
 
 def _dict_row(cursor: sqlite3.Cursor, values: tuple[Any, ...]) -> Row:
     return {d[0]: v for d, v in zip(cursor.description, values, strict=True)}
+
+
+# Rows per INSERT statement: 22 columns each stays far below SQLite's limit
+# of 32,766 parameters per statement.
+_ROWS_PER_INSERT = 500
 
 
 def _insert(table: str, columns: Sequence[str]) -> str:

@@ -44,6 +44,7 @@ from maild.service.scheduler import SENDABLE, backoff, due, due_time, next_wake
 
 log = structlog.get_logger("maild.dispatch")
 ACTOR = "daemon"
+PAYLOAD_BATCH = 64  # prepared messages read from the store at once in a release
 UNSENT = (MessageState.QUEUED, MessageState.SENDING)
 REPLY_VERSION = 0  # replies are made once, from their own text, not from an advisory
 REPLY_ATTEMPTS = 12  # about four hours of backoff, then the reply is failed
@@ -578,7 +579,7 @@ class Dispatcher:
         that got new alerts (to be prepared)."""
         if not items:
             return set()
-        todo = iter(items)
+        todo = self._with_payloads(items)
         done: list[MessageRecord] = []
         count = min(self.connections, len(items))
         senders = [asyncio.ensure_future(self._sender(todo, done)) for _ in range(count)]
@@ -614,15 +615,29 @@ class Dispatcher:
                     alerted.add(advisory_id)
         return alerted
 
+    def _with_payloads(
+        self, items: Sequence[tuple[AdvisoryRecord, MessageRecord]]
+    ) -> Iterator[tuple[AdvisoryRecord, MessageRecord, tuple[int, bytes] | None]]:
+        """`items` with their prepared bytes (None: not prepared), read from
+        the store PAYLOAD_BATCH at a time rather than one query per message
+        between two sends (and never the whole of a large backlog at once)."""
+        for start in range(0, len(items), PAYLOAD_BATCH):
+            chunk = items[start : start + PAYLOAD_BATCH]
+            found = self.store.payloads([m.message_id for _, m in chunk])
+            for record, m in chunk:
+                yield record, m, found.get(m.message_id)
+
     async def _sender(
-        self, todo: Iterator[tuple[AdvisoryRecord, MessageRecord]], done: list[MessageRecord]
+        self,
+        todo: Iterator[tuple[AdvisoryRecord, MessageRecord, tuple[int, bytes] | None]],
+        done: list[MessageRecord],
     ) -> None:
         """One connection's share. A message's outcome is committed with the
         claim of the next (or on its own after the last), so this sender
         never has more than one message `sending`. Appends to `done` what it
         committed: outcomes, and messages it found blocked."""
         outcome: MessageRecord | None = None  # sent, its outcome not yet committed
-        for record, m in todo:
+        for record, m, stored in todo:
             if self.stopping():
                 break  # left queued; sent when maild starts again
             now = self.clock()  # the wall clock right before the send: never early
@@ -640,7 +655,6 @@ class Dispatcher:
                     done.append(outcome)
                 outcome = None
                 continue
-            stored = self.store.payload(m.message_id)
             if stored is None or stored[0] != record.version:
                 continue
             sending = replace(m, state=MessageState.SENDING, attempts=m.attempts + 1)

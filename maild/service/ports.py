@@ -158,6 +158,11 @@ class Store(Protocol):
         """(advisory version, prepared bytes), or None if not prepared."""
         ...
 
+    def payloads(self, message_ids: Sequence[str]) -> dict[str, tuple[int, bytes]]:
+        """message_id -> (advisory version, prepared bytes) of those of these
+        messages that are prepared, read at once."""
+        ...
+
     def payload_versions(self, advisory_id: str) -> dict[str, int]:
         """message_id -> advisory version its payload was prepared from."""
         ...
