@@ -195,6 +195,25 @@ def test_claims_lose_to_a_change_and_outcomes_only_land_on_sending(store: AnySto
     }
 
 
+def test_a_claim_planned_from_an_older_version_of_its_advisory_never_takes(
+    store: AnyStore,
+) -> None:
+    """A message still queued is not claimed from a plan that a change (a
+    reschedule) has replaced since it was read, and the claim with the new
+    version takes; another advisory's version plays no part."""
+    record, other = advisory(), advisory("RSA-2026-0002")
+    store.add_advisory(record, [message("RSA-2026-0001", 1)], event())
+    store.add_advisory(other, [], event(advisory_id="RSA-2026-0002"))
+    store.update_advisory(replace(other, version=2), event("rescheduled", "RSA-2026-0002"))
+    (queued,) = store.messages("RSA-2026-0001")
+    sending = replace(queued, state=MessageState.SENDING, attempts=1)
+    store.update_advisory(replace(record, version=2), event("rescheduled"))
+    assert store.commit_receipts([], [(sending, 1)]) == set()
+    assert store.messages("RSA-2026-0001") == [queued]
+    assert store.commit_receipts([], [(sending, 2)]) == {queued.message_id}
+    assert store.messages("RSA-2026-0001") == [sending]
+
+
 def test_discarding_payloads_only_touches_messages_still_waiting(store: AnyStore) -> None:
     """A reload makes waiting messages be prepared again by forgetting their
     bytes; the bytes of a message already sent (or being sent) are kept."""

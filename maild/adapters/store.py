@@ -14,7 +14,7 @@ import operator
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import fields, replace
 from datetime import UTC, datetime
@@ -398,6 +398,46 @@ def message_to_row(m: MessageRecord) -> Row:
         return row
 
 
+_receipt_fields = operator.attrgetter(*MUTABLE_MESSAGE_COLUMNS, "message_id")
+
+
+def _dt_column(name: str) -> Callable[[Any], object]:
+    return lambda value: _opt_dt_to_text(name, value)
+
+
+# How message_to_row stores the receipt fields that are not stored as they are.
+_CONVERSIONS: dict[str, Callable[[Any], object]] = {
+    "state": lambda value: MessageState(value).value,
+    "possible_duplicate": lambda value: int(bool(value)),
+    **{name: _dt_column(name) for name in DATETIME_MESSAGE_COLUMNS},
+}
+_RECEIPT_CONVERSIONS = tuple(
+    (MUTABLE_MESSAGE_COLUMNS.index(name), convert) for name, convert in _CONVERSIONS.items()
+)
+
+
+def _receipt_values(m: MessageRecord) -> tuple[object, ...]:
+    """A message's receipt fields (MUTABLE_MESSAGE_COLUMNS, in order), stored
+    as message_to_row stores them, then its message_id: the parameters of
+    _OUTCOME_SQL (a release writes two per message, so not via a whole row)."""
+    with _refusing(f"message {m.message_id!r} cannot be stored"):
+        values = list(_receipt_fields(m))
+        for index, convert in _RECEIPT_CONVERSIONS:
+            values[index] = convert(values[index])
+    return tuple(values)
+
+
+_SET_RECEIPT = ", ".join(f"{c} = ?" for c in MUTABLE_MESSAGE_COLUMNS)
+# An outcome lands only on a message still `sending`; a claim only on one
+# still queued or deferred whose advisory is still at the version planned from.
+_OUTCOME_SQL = f"UPDATE messages SET {_SET_RECEIPT} WHERE message_id = ? AND state = 'sending'"
+_CLAIM_SQL = (
+    f"UPDATE messages SET {_SET_RECEIPT} WHERE message_id = ? "
+    "AND state IN ('queued', 'deferred') "
+    "AND (SELECT version FROM advisories WHERE id = messages.advisory_id) = ?"
+)
+
+
 def message_from_row(row: Mapping[str, Any]) -> MessageRecord:
     with _refusing(f"stored message {row.get('message_id')!r} is unreadable"):
         values = {name: row[name] for name in MESSAGE_COLUMNS}
@@ -751,25 +791,14 @@ class SqliteStore:
     def commit_receipts(
         self, outcomes: Sequence[MessageRecord], claims: Sequence[tuple[MessageRecord, int]]
     ) -> set[str]:
-        outcome_rows = [message_to_row(m) for m in outcomes]
-        claim_rows = [(message_to_row(m), version) for m, version in claims]
-        assignments = ", ".join(f"{c} = :{c}" for c in MUTABLE_MESSAGE_COLUMNS)
+        outcome_rows = [_receipt_values(m) for m in outcomes]
+        claim_rows = [(*_receipt_values(m), version) for m, version in claims]
         claimed: set[str] = set()
         with _transaction(self._conn, self.path) as conn:
-            for row in outcome_rows:
-                conn.execute(
-                    f"UPDATE messages SET {assignments} "
-                    "WHERE message_id = :message_id AND state = 'sending'",
-                    row,
-                )
-            for row, version in claim_rows:
-                sql = (
-                    f"UPDATE messages SET {assignments} WHERE message_id = :message_id "
-                    "AND state IN ('queued', 'deferred') AND advisory_id IN "
-                    "(SELECT id FROM advisories WHERE version = :version)"
-                )
-                if conn.execute(sql, {**row, "version": version}).rowcount == 1:
-                    claimed.add(row["message_id"])
+            conn.executemany(_OUTCOME_SQL, outcome_rows)
+            for row in claim_rows:
+                if conn.execute(_CLAIM_SQL, row).rowcount == 1:
+                    claimed.add(str(row[-2]))
         return claimed
 
     def advisories_with_messages_in(self, states: Sequence[MessageState]) -> set[str]:

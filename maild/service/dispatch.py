@@ -37,7 +37,7 @@ from maild.service import failpoints
 from maild.service.checks import NOT_IN_FOLDER, key_problem_at
 from maild.service.compose import Composer, Draft
 from maild.service.embargo import fresh_message, notice_rows
-from maild.service.groupcommit import GroupCommit
+from maild.service.groupcommit import Batches
 from maild.service.keywatch import KeyWatch, Watched
 from maild.service.ports import Store
 from maild.service.scheduler import SENDABLE, backoff, due, due_time, next_wake
@@ -45,6 +45,9 @@ from maild.service.scheduler import SENDABLE, backoff, due, due_time, next_wake
 log = structlog.get_logger("maild.dispatch")
 ACTOR = "daemon"
 PAYLOAD_BATCH = 64  # prepared messages read from the store at once in a release
+# A sent message's outcome and the claim of the next one (with the advisory
+# version it was planned from), written together.
+Receipt = tuple[MessageRecord | None, tuple[MessageRecord, int] | None]
 UNSENT = (MessageState.QUEUED, MessageState.SENDING)
 REPLY_VERSION = 0  # replies are made once, from their own text, not from an advisory
 REPLY_ATTEMPTS = 12  # about four hours of backoff, then the reply is failed
@@ -82,7 +85,7 @@ class Dispatcher:
     connections: int = 4
     stopping: Callable[[], bool] = lambda: False  # SIGTERM: start no new transaction
     keys_version: Callable[[], object] = lambda: None  # changes when the keyring changes
-    _commits: GroupCommit = field(init=False)
+    _receipts: Batches[Receipt, bool] = field(init=False)
     _touched: set[str] = field(init=False, default_factory=set)
     # What the last sync with the orgs list and keys was judged on (None: never synced),
     # and the earliest key expiry it saw ahead (its verdicts hold until then).
@@ -91,7 +94,7 @@ class Dispatcher:
     _keywatch: KeyWatch = field(init=False)
 
     def __post_init__(self) -> None:
-        self._commits = GroupCommit(self.store)
+        self._receipts = Batches(self.store, self._write_receipts)
         self._keywatch = KeyWatch(self.store, self._queue_alert)
 
     async def aclose(self) -> None:
@@ -649,7 +652,7 @@ class Dispatcher:
                 continue  # too late to matter; marked failed when the advisory is disclosed
             if m.kind is MessageKind.NOTICE and (problem := self._key_problem(m.fingerprint, now)):
                 blocked = replace(m, state=MessageState.BLOCKED, detail=problem)
-                if await self._receipts(outcome, (blocked, record.version)):
+                if await self._receipt(outcome, (blocked, record.version)):
                     done.append(blocked)
                 if outcome is not None:
                     done.append(outcome)
@@ -658,7 +661,7 @@ class Dispatcher:
             if stored is None or stored[0] != record.version:
                 continue
             sending = replace(m, state=MessageState.SENDING, attempts=m.attempts + 1)
-            claimed = await self._receipts(outcome, (sending, record.version))
+            claimed = await self._receipt(outcome, (sending, record.version))
             if outcome is not None:
                 done.append(outcome)
             outcome = None
@@ -671,33 +674,32 @@ class Dispatcher:
             deadline = record.plan.disclose_at if m.kind in EMBARGOED_MAIL else None
             outcome = self._outcome(sending, result, deadline=deadline)
         if outcome is not None:
-            await self._receipts(outcome)
+            await self._receipt(outcome)
             done.append(outcome)
 
-    async def _receipts(
+    async def _receipt(
         self, outcome: MessageRecord | None, claim: tuple[MessageRecord, int] | None = None
     ) -> bool:
-        """Commit a sent message's outcome and the claim of the next one in one
-        (group-committed) transaction; True if the claim took.
-
-        A claim marks a message `sending` before its SMTP transaction, and
-        takes only if the message is still queued or deferred and its advisory
-        has not changed since it was read (a CLI change wins); an outcome lands
-        only on a message that is still `sending`. Each connection writes the
-        outcome of the message it just sent together with the claim of its
-        next one, so there is at most one message `sending` per connection,
-        and the commits of the connections share transactions."""
-
-        def write() -> bool:
-            taken = self.store.commit_receipts(
-                [] if outcome is None else [outcome], [] if claim is None else [claim]
-            )
-            return claim is not None and claim[0].message_id in taken
-
-        claimed = await self._commits.run(write)
+        """Write a sent message's outcome and the claim of the next message
+        (group-committed); True if the claim took."""
+        claimed = await self._receipts.run((outcome, claim))
         if outcome is not None:
-            failpoints.hit("release")
+            failpoints.hit("release")  # its receipt is on disk
         return claimed
+
+    def _write_receipts(self, receipts: Sequence[Receipt]) -> list[bool]:
+        """A batch of receipts in one transaction (see Batches). A connection
+        hands in the outcome of the message it just sent together with the
+        claim of its next one, so there is at most one message `sending` per
+        connection. A claim marks a message `sending` before its SMTP
+        transaction, and takes only if the message is still queued or deferred
+        and its advisory has not changed since it was read (a CLI change wins);
+        an outcome lands only on a message that is still `sending`. Answers,
+        per receipt, whether its claim took."""
+        outcomes = [outcome for outcome, _ in receipts if outcome is not None]
+        claims = [claim for _, claim in receipts if claim is not None]
+        taken = self.store.commit_receipts(outcomes, claims)
+        return [claim is not None and claim[0].message_id in taken for _, claim in receipts]
 
     def _outcome(
         self,

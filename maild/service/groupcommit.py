@@ -1,11 +1,9 @@
 """Group commit: writes that become ready together share one transaction.
 
 An fsync'd COMMIT is the largest single cost of a member's submission (the
-intake) and of each message of a release (its receipt). Callers hand `run()`
-the work of one transaction; everything handed in while the previous batch
-is being written is written in the next outer transaction, each caller's
-work in its own savepoint (an atomic block inside the outer one), so one
-that raises is undone alone and gets its own exception.
+intake) and of each message of a release (its receipt). Callers hand in
+their write; everything handed in while the previous batch is being written
+goes in the next batch, one transaction for the whole batch.
 
 The COMMIT itself is written without its fsync (`Store.unsynced`), and the
 fsync (`Store.sync`) runs in a thread, so the event loop goes on serving
@@ -13,35 +11,47 @@ other connections meanwhile. Every caller is answered only after that
 fsync: nobody is told of, or acts on, a commit that is not on disk. If the
 COMMIT, the fsync or SQLite itself fails, every caller of that batch gets
 the error (and after a failed COMMIT nothing of the batch was written).
+
+Two kinds: `GroupCommit` runs each caller's work in its own savepoint, so
+one that raises is undone alone and gets its own exception (the intake);
+`Batches` hands the whole batch to one function that writes it (receipts).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from typing import Any, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, Generic, TypeVar
 
 from maild.service.ports import Store, TransactionLost
 
 T = TypeVar("T")
+In = TypeVar("In")
+Out = TypeVar("Out")
 
 
-class GroupCommit:
-    """Runs transaction bodies in batches on the event loop's thread."""
+class Batches(Generic[In, Out]):
+    """Items handed to `run()` while a batch is being written are written
+    together by `write` (in one transaction, inside it), which returns one
+    answer per item, in order: the item's result, or an exception for that
+    caller alone."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(
+        self, store: Store, write: Callable[[Sequence[In]], Sequence[Out | BaseException]]
+    ) -> None:
         self._store = store
-        self._pending: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
+        self._write_batch = write
+        self._pending: list[tuple[In, asyncio.Future[Out]]] = []
         self._writer: asyncio.Task[None] | None = None
         self.batches = 0  # transactions committed or attempted (for tests and benchmarks)
 
-    async def run(self, work: Callable[[], T]) -> T:
-        """`work()` inside a transaction; returns (or raises) what it did, once
-        its transaction is committed and on disk (or raised, and nothing of it
+    async def run(self, item: In) -> Out:
+        """Write `item`; returns (or raises) what was written for it, once its
+        transaction is committed and on disk (or raised, and nothing of it
         written)."""
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
-        self._pending.append((work, future))
+        future: asyncio.Future[Out] = loop.create_future()
+        self._pending.append((item, future))
         if self._writer is None:
             self._writer = loop.create_task(self._write())
         return await future
@@ -49,45 +59,57 @@ class GroupCommit:
     async def _write(self) -> None:
         loop = asyncio.get_running_loop()
         try:
-            await asyncio.sleep(0)  # let the work that is ready now join this batch
+            await asyncio.sleep(0)  # let the writes that are ready now join this batch
             while self._pending:
                 batch, self._pending = self._pending, []
-                batch = [(work, future) for work, future in batch if not future.done()]
+                batch = [(item, future) for item, future in batch if not future.done()]
                 if not batch:
                     continue
                 self.batches += 1
+                futures = [future for _, future in batch]
                 try:
-                    outcomes = self._commit(batch)
+                    answers = self._commit([item for item, _ in batch])
                     await loop.run_in_executor(None, self._store.sync)
                 except Exception as exc:  # the batch is not (or not surely) on disk
-                    _answer([(future, exc, None) for _, future in batch])
-                    continue
-                _answer(outcomes)
+                    answers = [exc] * len(batch)
+                for future, answer in zip(futures, answers, strict=True):
+                    if future.done():
+                        continue
+                    if isinstance(answer, BaseException):
+                        future.set_exception(answer)
+                    else:
+                        future.set_result(answer)
         finally:
             self._writer = None
 
-    def _commit(
-        self, batch: list[tuple[Callable[[], Any], asyncio.Future[Any]]]
-    ) -> list[tuple[asyncio.Future[Any], BaseException | None, Any]]:
-        """One transaction for the batch, each caller's work in a savepoint."""
-        outcomes: list[tuple[asyncio.Future[Any], BaseException | None, Any]] = []
+    def _commit(self, items: Sequence[In]) -> Sequence[Out | BaseException]:
+        """One transaction for the batch, committed without its fsync."""
         with self._store.unsynced(), self._store.atomic():
-            for work, future in batch:
-                try:
-                    with self._store.atomic():
-                        outcomes.append((future, None, work()))
-                except TransactionLost:
-                    raise
-                except Exception as exc:  # this caller's own failure; the rest go on
-                    outcomes.append((future, exc, None))
-        return outcomes
+            return self._write_batch(items)
 
 
-def _answer(outcomes: list[tuple[asyncio.Future[Any], BaseException | None, Any]]) -> None:
-    for future, error, value in outcomes:
-        if future.done():
-            continue
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(value)
+class GroupCommit(Batches[Callable[[], Any], Any]):
+    """Runs transaction bodies in batches on the event loop's thread, each in
+    its own savepoint (an atomic block inside the batch's transaction)."""
+
+    def __init__(self, store: Store) -> None:
+        super().__init__(store, self._each)
+
+    async def run(self, item: Callable[[], T]) -> T:
+        """`item()` inside a transaction; returns (or raises) what it did, once
+        its transaction is committed and on disk (or raised, and nothing of it
+        written)."""
+        result: T = await super().run(item)
+        return result
+
+    def _each(self, works: Sequence[Callable[[], Any]]) -> list[Any]:
+        answers: list[Any] = []
+        for work in works:
+            try:
+                with self._store.atomic():
+                    answers.append(work())
+            except TransactionLost:
+                raise
+            except Exception as exc:  # this caller's own failure; the rest go on
+                answers.append(exc)
+        return answers
