@@ -774,8 +774,8 @@ class Keyring:
         one or more session key packets followed by one encrypted data packet that ends
         the message, and there is exactly one session key packet, public-key encrypted
         to an encryption (sub)key of `fingerprint` as last listed (no passphrase, no
-        hidden recipient, no other key). Nothing is decrypted, no gpg runs (but to list
-        the key if it is not cached), and nothing is raised: any doubt is None.
+        hidden recipient, no other key). Nothing is decrypted, no gpg runs (unless the
+        key's listing is not cached yet), and nothing is raised: any doubt is None.
         """
         try:
             packets = _armored_packets(armored)
