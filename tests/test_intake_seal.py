@@ -88,12 +88,16 @@ def notice_contents(h: Intake, record: AdvisoryRecord) -> tuple[str, list[tuple[
     assert signer == h.world.identity
     inner = email.message_from_bytes(plain, policy=email.policy.default)
     assert isinstance(inner, EmailMessage)
-    texts, files = [], []
+    texts: list[str] = []
+    files: list[tuple[str, bytes]] = []
     for part in inner.walk():
-        if part.get_filename():
-            files.append((part.get_filename(), part.get_payload(decode=True)))
+        name = part.get_filename()
+        if name:
+            data = part.get_payload(decode=True)
+            assert isinstance(data, bytes)
+            files.append((name, data))
         elif part.get_content_type() == "text/plain":
-            texts.append(part.get_content())
+            texts.append(str(part.get_content()))
     return "\n".join(texts), files
 
 
