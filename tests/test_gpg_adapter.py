@@ -603,3 +603,114 @@ def test_sign_encrypt_from_two_threads_shares_one_cache(
     for (data, fpr), ciphertext in zip(jobs, made, strict=True):
         ring = pair.org_a if fpr == pair.a else pair.org_b
         assert ring.decrypt_verify(ciphertext) == (data, pair.identity)
+
+
+# -------------------------------------------- who can open a ciphertext (only_for)
+
+
+def gpg_in(ring: Keyring, args: list[str], data: bytes) -> bytes:
+    """Run gpg as a mail client would on `ring`, with `data` on stdin."""
+    command = ["gpg", "--homedir", str(ring.home), "--batch", "--yes", "--no-tty"]
+    command += ["--pinentry-mode", "loopback", "--passphrase", "pw", "--trust-model", "always"]
+    proc = subprocess.run([*command, *args], input=data, capture_output=True, timeout=60)
+    if proc.returncode != 0:
+        raise RuntimeError(f"gpg {args[:3]} failed: {proc.stderr.decode(errors='replace')}")
+    return proc.stdout
+
+
+def to_identity(pair: Keys, *extra: str) -> bytes:
+    """Org A's armored mail to the identity key, signed by Org A; `extra` gpg options."""
+    args = ["--armor", "--sign", "--local-user", pair.a + "!", "--encrypt"]
+    return gpg_in(pair.org_a, [*args, "--recipient", pair.identity, *extra], MESSAGE)
+
+
+def test_only_for_gives_the_packets_of_a_message_for_that_key_alone(pair: Keys) -> None:
+    """A message encrypted to the identity key alone is recognised as only the identity's
+    to open, and its binary packets are exactly what gpg --dearmor gives, also when the
+    armor carries Version/Comment headers and CRLF line ends; asked for another key, or
+    for a key given by a short id, the answer is None."""
+    armored = to_identity(pair)
+    binary = gpg_in(pair.org_a, ["--dearmor"], armored)
+    assert pair.daemon.only_for(armored, pair.identity) == binary
+    assert pair.daemon.only_for(armored, pair.identity.lower()) == binary
+    lines = armored.split(b"\n")
+    assert lines[0] == b"-----BEGIN PGP MESSAGE-----" and lines[1] == b""
+    dressed = b"\r\n".join(
+        [lines[0], b"Version: GnuPG v2", b"Comment: https://example.org/ k\xc3\xa9y", *lines[1:]]
+    )
+    assert pair.daemon.only_for(dressed, pair.identity) == binary
+    assert pair.daemon.only_for(armored, pair.a) is None
+    assert pair.daemon.only_for(armored, pair.identity[-16:]) is None
+
+
+def test_only_for_is_none_when_anyone_else_could_open_the_message(pair: Keys) -> None:
+    """A second recipient (the sender's own key), a passphrase beside the key, or a hidden
+    recipient each mean the message is not provably the identity's alone: None."""
+    for extra in (
+        ["--recipient", pair.a],
+        ["--symmetric"],
+        ["--hidden-recipient", pair.identity],
+    ):
+        armored = to_identity(pair, *extra)
+        assert pair.daemon.only_for(armored, pair.identity) is None, extra
+
+
+def test_only_for_is_none_for_anything_odd_and_never_raises(pair: Keys) -> None:
+    """Garbage, a cut or damaged armor, a header with no empty line after it, text
+    around the block, a public key block, and a message with a packet after its
+    encrypted data are all None, never an exception."""
+    armored = to_identity(pair)
+    binary = gpg_in(pair.org_a, ["--dearmor"], armored)
+    lines = armored.split(b"\n")
+    body = lines[2:-2]  # between the empty line and the END line (and last empty)
+    glued = gpg_in(pair.org_a, ["--enarmor"], binary + binary).replace(b"ARMORED FILE", b"MESSAGE")
+    assert pair.daemon.only_for(glued, pair.identity) is None  # the same data twice
+    odd = [
+        b"",
+        b"garbage",
+        b"\x85\x01\x02",
+        binary,  # binary, not armored
+        armored[: len(armored) // 2],
+        armored.replace(lines[3], lines[3][:-1] + b"!"),  # not base64
+        armored.replace(lines[3], lines[3][:-2]),  # a line cut short
+        b"\n".join([lines[0], b"Version: x", *body, *lines[-2:]]),  # no empty line
+        b"hello\n" + armored,
+        armored + b"PS: hi\n",
+        pair.daemon.export_public(pair.identity),
+    ]
+    for n, data in enumerate(odd):
+        assert pair.daemon.only_for(data, pair.identity) is None, n
+
+
+def test_decrypt_reads_a_sealed_mail_whatever_became_of_its_signer(
+    world: World, fresh: Keyring
+) -> None:
+    """Unsealing skips signature checks: Bob's signed mail to Alice decrypts in a keyring
+    that never had Bob's key (where checking the signature would fail). A passphrase-only
+    message, a damaged one and a plaintext over max_output are refused."""
+    fresh.import_key(world.alice_ring.export_public(world.alice))
+    raw_gpg(fresh, "--import", str(_secret_file(world.bob_ring, world.bob, fresh)))
+    signed = gpg_in(
+        fresh,
+        ["--sign", "--local-user", world.bob + "!", "--encrypt", "--recipient", world.alice],
+        MESSAGE,
+    )
+    assert world.alice_ring.decrypt(signed) == MESSAGE
+    assert world.alice_ring.decrypt_signed(signed) == (MESSAGE, None)  # unknown signer
+    with pytest.raises(GpgError):
+        world.alice_ring.decrypt(gpg_in(fresh, ["--symmetric"], MESSAGE))
+    damaged = bytearray(signed)
+    damaged[-20] ^= 0x01
+    with pytest.raises(GpgError):
+        world.alice_ring.decrypt(bytes(damaged))
+    zeros = gpg_in(fresh, ["--encrypt", "--recipient", world.alice], bytes(4096))
+    assert world.alice_ring.decrypt(zeros, max_output=4096) == bytes(4096)
+    with pytest.raises(GpgError):
+        world.alice_ring.decrypt(zeros, max_output=4095)
+    assert world.alice_ring.decrypt(zeros, max_output=None) == bytes(4096)
+
+
+def _secret_file(ring: Keyring, fpr: str, into: Keyring) -> Path:
+    path = into.home / "secret.asc"
+    path.write_bytes(export_secret(ring, fpr))
+    return path

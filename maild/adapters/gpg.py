@@ -53,10 +53,15 @@ _SHA256 = "8"  # OpenPGP hash algorithm id, as gpg's status lines give it
 _SIG_VERDICTS = frozenset({"GOODSIG", "BADSIG", "ERRSIG", "EXPSIG", "EXPKEYSIG", "REVKEYSIG"})
 _GPGCONF_TIMEOUT = 10.0
 _MAX_MESSAGE = 200
-# The most plaintext decrypt_signed lets gpg write (its --max-output): compressed data
+# The most plaintext decrypt_signed and decrypt let gpg write (--max-output): compressed data
 # expands without bound (a few hundred bytes of ciphertext can hold gigabytes of zeros),
 # and the whole output is held in memory. Mail is at most [intake] max_size (10 MiB).
 _MAX_PLAINTEXT = 64 * 1024 * 1024
+_MIN_CHUNK = 512  # the least a partial body length may give (RFC 9580 section 4.2.1.4)
+_BEGIN_MESSAGE = b"-----BEGIN PGP MESSAGE-----"
+_END_MESSAGE = b"-----END PGP MESSAGE-----"
+_ARMOR_HEADER = re.compile(rb"[!-9;-~]+:(?: [^\x00-\x1f\x7f]*)?")
+_ARMOR_CHECKSUM = re.compile(rb"=[A-Za-z0-9+/]{4}")
 
 
 class GpgError(Exception):
@@ -396,6 +401,47 @@ def _dearmor_message(armored: bytes) -> bytes:
         raise GpgError("gpg output has a damaged ASCII armor") from exc
 
 
+def _packet_header(packets: bytes, pos: int) -> tuple[int, int, int]:
+    """(tag, body length, where the body starts) of the packet at `pos`; the length is
+    -1 for a partial (new format) or indeterminate (old format) length, which only data
+    packets use. A header cut short is a GpgError."""
+    if pos >= len(packets):
+        raise GpgError("OpenPGP data ends inside a packet header")
+    ctb = packets[pos]
+    pos += 1
+    if not ctb & 0x80:
+        raise GpgError("not an OpenPGP message")
+    if ctb & 0x40:  # new-format header
+        tag = ctb & 0x3F
+        length, pos = _new_length(packets, pos)
+        return tag, length, pos
+    tag = (ctb >> 2) & 0x0F  # old-format header
+    size = {0: 1, 1: 2, 2: 4}.get(ctb & 0x03)
+    if size is None:
+        return tag, -1, pos
+    if pos + size > len(packets):
+        raise GpgError("OpenPGP data ends inside a packet header")
+    return tag, int.from_bytes(packets[pos : pos + size], "big"), pos + size
+
+
+def _new_length(packets: bytes, pos: int) -> tuple[int, int]:
+    """A new-format body length at `pos` and where it ends; -1 for a partial length."""
+    if pos >= len(packets):
+        raise GpgError("OpenPGP data ends inside a packet header")
+    first = packets[pos]
+    if first < 192:
+        return first, pos + 1
+    if first < 224:
+        if pos + 1 >= len(packets):
+            raise GpgError("OpenPGP data ends inside a packet header")
+        return ((first - 192) << 8) + packets[pos + 1] + 192, pos + 2
+    if first == 255:
+        if pos + 5 > len(packets):
+            raise GpgError("OpenPGP data ends inside a packet header")
+        return int.from_bytes(packets[pos + 1 : pos + 5], "big"), pos + 5
+    return -1, pos  # partial: the caller reads the chunks
+
+
 def _session_key_recipients(packets: bytes) -> list[str]:
     """Key ids (16 hex) of the public-key encrypted session key packets heading a message.
 
@@ -403,46 +449,72 @@ def _session_key_recipients(packets: bytes) -> list[str]:
     it (a passphrase-encrypted session key, a hidden recipient, an unknown packet) is an
     error: such a message is not provably for one known key.
     """
+    return _recipients_and_data(packets)[0]
+
+
+def _recipients_and_data(packets: bytes) -> tuple[list[str], int]:
+    """The session key recipients (as `_session_key_recipients`) and where the header
+    of the encrypted data packet that follows them starts."""
     ids: list[str] = []
     pos = 0
     while pos < len(packets):
-        ctb = packets[pos]
-        pos += 1
-        if not ctb & 0x80:
-            raise GpgError("gpg output is not an OpenPGP message")
-        if ctb & 0x40:  # new-format header
-            tag = ctb & 0x3F
-            if pos >= len(packets):
-                break
-            first = packets[pos]
-            if first < 192:
-                length, pos = first, pos + 1
-            elif first < 224:
-                if pos + 1 >= len(packets):
-                    break
-                length, pos = ((first - 192) << 8) + packets[pos + 1] + 192, pos + 2
-            elif first == 255:
-                length, pos = int.from_bytes(packets[pos + 1 : pos + 5], "big"), pos + 5
-            else:
-                length = -1  # partial body length: only data packets use it
-        else:  # old-format header
-            tag = (ctb >> 2) & 0x0F
-            size = {0: 1, 1: 2, 2: 4}.get(ctb & 0x03)
-            if size is None:
-                length = -1
-            else:
-                length, pos = int.from_bytes(packets[pos : pos + size], "big"), pos + size
+        tag, length, body = _packet_header(packets, pos)
         if tag in (18, 20):  # encrypted data (with MDC / AEAD): the recipients are all read
-            return ids
-        if tag != 1 or length < 10 or pos + length > len(packets):
+            return ids, pos
+        if tag != 1 or length < 10 or body + length > len(packets):
             raise GpgError(f"gpg output holds an unexpected OpenPGP packet (tag {tag})")
-        version = packets[pos]
-        keyid = packets[pos + 1 : pos + 9]
+        version = packets[body]
+        keyid = packets[body + 1 : body + 9]
         if version != 3 or keyid == bytes(8):
             raise GpgError("gpg output has a session key for a hidden or unknown recipient")
         ids.append(keyid.hex().upper())
-        pos += length
+        pos = body + length
     raise GpgError("gpg output ends before its encrypted data")
+
+
+def _ends_with_data(packets: bytes, pos: int) -> bool:
+    """True if the encrypted data packet at `pos` ends exactly where `packets` ends.
+
+    Partial body lengths (RFC 9580 section 4.2.1.4) are followed chunk by chunk; a chunk
+    under 512 bytes (gpg writes 8 KiB and more) is refused, which bounds the walk.
+    """
+    ctb = packets[pos]
+    if not ctb & 0x40 and ctb & 0x03 == 3:
+        return True  # old format, indeterminate length: the data runs to the end
+    _, length, pos = _packet_header(packets, pos)
+    while length == -1:  # new-format partial length: `pos` is at its octet
+        chunk = 1 << (packets[pos] & 0x1F)
+        if chunk < _MIN_CHUNK:
+            raise GpgError("OpenPGP data in chunks too small")
+        length, pos = _new_length(packets, pos + 1 + chunk)
+    return pos + length == len(packets)
+
+
+def _armored_packets(armored: bytes) -> bytes:
+    """The packets of one ASCII-armored PGP MESSAGE written the plain way (RFC 9580
+    section 6.2): the BEGIN line, armor headers ('Name: value'), an empty line, base64
+    lines, an optional '=' checksum line, the END line; LF or CRLF line ends; only empty
+    lines around it. So there is one reading of it, the one gpg makes. Anything else is
+    a GpgError. (The checksum is not computed: gpg checks it when it decrypts.)"""
+    text = armored.replace(b"\r\n", b"\n").strip(b"\n")
+    head, blank, rest = text.partition(b"\n\n")  # the headers end at the first empty line
+    body, newline, end = rest.rpartition(b"\n")
+    headers = head.split(b"\n")
+    if not blank or not newline or headers[0] != _BEGIN_MESSAGE or end != _END_MESSAGE:
+        raise GpgError("not one plainly ASCII-armored OpenPGP message")
+    if not all(_ARMOR_HEADER.fullmatch(line) for line in headers[1:]):
+        raise GpgError("ASCII armor with a malformed header line")
+    last = body.rfind(b"\n") + 1
+    if _ARMOR_CHECKSUM.fullmatch(body, last):
+        body = body[: max(last - 1, 0)]
+    if not body or body.startswith(b"\n") or b"\n\n" in body:
+        raise GpgError("ASCII armor with an empty line in its data")
+    try:
+        # Strict: only the base64 alphabet (a space, a stray CR, a '-' line are refused),
+        # and padding only at the very end.
+        return base64.b64decode(body.replace(b"\n", b""), validate=True)
+    except ValueError as exc:
+        raise GpgError("ASCII armor with damaged base64") from exc
 
 
 class Keyring:
@@ -670,12 +742,50 @@ class Keyring:
             )
         return bytes(result.data)
 
-    def decrypt(self, data: bytes) -> bytes:
-        """Decrypt with the (unprotected) secret keys of this keyring."""
-        result = self._gpg.decrypt(data, extra_args=["--pinentry-mode", "loopback"])
-        if not result.ok or result.returncode != 0:
-            raise GpgError(f"gpg failed to decrypt: {_one_line(str(result.status or 'no status'))}")
-        return bytes(result.data)
+    def decrypt(self, data: bytes, *, max_output: int | None = _MAX_PLAINTEXT) -> bytes:
+        """Plaintext of a message public-key encrypted to this keyring's (unprotected)
+        secret keys: what maild sealed to its identity key.
+
+        Signatures inside are not checked (--skip-verify), so a member's sealed mail
+        decrypts whatever became of the member's key since. A message that is not
+        public-key encrypted, fails its integrity check, or whose plaintext is over
+        `max_output` bytes (None: no limit) is a GpgError.
+        """
+        args = ["--skip-verify", "--decrypt"]
+        if max_output is not None:
+            args[:0] = ["--max-output", str(max_output)]
+        outcome = self._gpg_io(args, data)
+        decrypted = (
+            outcome.has("DECRYPTION_OKAY")
+            and outcome.has("ENC_TO")
+            and not outcome.has("DECRYPTION_FAILED")
+            and not outcome.has("BADMDC")
+            and not outcome.has("NEED_PASSPHRASE_SYM")
+        )
+        if not decrypted or outcome.returncode != 0:
+            raise GpgError(f"gpg failed to decrypt: {outcome.reason()}")
+        return outcome.output
+
+    def only_for(self, armored: bytes, fingerprint: str) -> bytes | None:
+        """The binary packets of an ASCII-armored OpenPGP message that only the key
+        `fingerprint` can open, else None.
+
+        Only for means: the message is plainly armored (see _armored_packets) and is
+        one or more session key packets followed by one encrypted data packet that ends
+        the message, and there is exactly one session key packet, public-key encrypted
+        to an encryption (sub)key of `fingerprint` as last listed (no passphrase, no
+        hidden recipient, no other key). Nothing is decrypted, no gpg runs (unless the
+        key's listing is not cached yet), and nothing is raised: any doubt is None.
+        """
+        try:
+            packets = _armored_packets(armored)
+            used, data = _recipients_and_data(packets)
+            if len(used) != 1 or not _ends_with_data(packets, data):
+                return None
+            allowed = self.encryption_subkeys(fingerprint)
+        except (GpgError, ValueError, IndexError):
+            return None
+        return packets if used[0] in allowed else None
 
     def sign_encrypt(self, data: bytes, recipient: str, signer: str, now: datetime) -> bytes:
         """ASCII-armored OpenPGP message signed by `signer` and encrypted to `recipient` only.

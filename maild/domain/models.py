@@ -90,7 +90,8 @@ class Advisory:
 @dataclass(frozen=True)
 class AdvisoryRecord:
     """An accepted advisory as stored. `sealed` holds the advisory file and
-    its patches encrypted to the identity key; nothing here is the draft text."""
+    its patches encrypted to the identity key (a bundle, or a member's mail as
+    sent: maild.service.membermail); nothing here is the draft text."""
 
     meta: AdvisoryMeta
     plan: Plan

@@ -10,11 +10,13 @@ from datetime import datetime
 from email.utils import format_datetime
 
 from maild.adapters import mime
-from maild.adapters.gpg import Keyring
+from maild.adapters.gpg import GpgError, Keyring
 from maild.domain import mailtext
 from maild.domain.advisory import split_front_matter
 from maild.domain.businessdays import BusinessCalendar
+from maild.domain.mimeparse import MimeError
 from maild.domain.models import AdvisoryRecord, MessageRecord
+from maild.service import membermail
 from maild.service.embargo import Patch, unbundle
 
 Headers = list[tuple[str, str]]
@@ -37,8 +39,22 @@ class Composer:
     ack_address: str | None = None  # where acknowledgements go (the intake); default: From
 
     def open(self, record: AdvisoryRecord) -> Draft:
-        """Unseal an advisory (decrypting with the identity key)."""
-        source, patches = unbundle(self.keyring.decrypt(record.sealed))
+        """Unseal an advisory (decrypting with the identity key): the same text
+        and patches whichever form it was sealed in."""
+        mail = _sealed_mail(record)
+        if mail is None:
+            # A bundle maild sealed from files on this host (`maild submit`
+            # takes any size): read whole, as it always was.
+            source, patches = unbundle(self.keyring.decrypt(record.sealed, max_output=None))
+        else:
+            # A member's mail, kept as it came: read as the intake read it.
+            form, packets = mail
+            plaintext = self.keyring.decrypt(packets)
+            try:
+                read = membermail.sealed_content(plaintext, form)
+            except MimeError as exc:
+                raise GpgError(f"sealed advisory {record.id} is unreadable: {exc}") from None
+            source, patches = read.body, list(read.patches)
         _, body, _ = split_front_matter(source, record.id)
         return Draft(body, tuple(patches))
 
@@ -106,3 +122,10 @@ class Composer:
             ("Message-ID", message.message_id),
             ("Subject", subject),
         ]
+
+
+def _sealed_mail(record: AdvisoryRecord) -> tuple[membermail.Form, bytes] | None:
+    try:
+        return membermail.sealed_mail(record.sealed)
+    except ValueError as exc:
+        raise GpgError(f"sealed advisory {record.id} is unreadable: {exc}") from None

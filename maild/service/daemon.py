@@ -126,6 +126,7 @@ def build_intake(
         members={m.fingerprint: m.address for m in dispatcher.members},
         mail_domain=dispatcher.mail_domain,
         seal=lambda data: setup.keyring.encrypt(data, identity, clock()),
+        sealable=lambda armored: setup.keyring.only_for(armored, identity),
         clock=clock,
         pool=pool,
         approvals=cfg.intake.approvals,

@@ -38,8 +38,16 @@ from maild.domain.models import (
 from maild.domain.policy import PolicyError
 from maild.domain.tomlsource import SourceError
 from maild.service import failpoints, replies
-from maild.service.embargo import Desk, Patch, UserError, bundle, find, fresh_message
+from maild.service.embargo import Desk, UserError, bundle, find, fresh_message
 from maild.service.groupcommit import GroupCommit
+from maild.service.membermail import (
+    Content,
+    Payload,
+    SignedPartError,
+    payload_content,
+    read_payload,
+    seal_mail,
+)
 from maild.service.ports import Store
 from maild.service.views import Clock
 
@@ -74,16 +82,6 @@ class Refused(Exception):
         self.audit = audit
 
 
-@dataclass(frozen=True)
-class Content:
-    """What a member's signed payload holds: the (protected) Subject, the
-    text body, and the attachments as patches."""
-
-    subject: str | None
-    body: str
-    patches: tuple[Patch, ...]
-
-
 @dataclass
 class Intake:
     """Implements the listener's Intake port (maild.adapters.smtp_in)."""
@@ -101,6 +99,10 @@ class Intake:
     max_signature_age: timedelta = timedelta(days=3)
     wake: Callable[[str | None], None] = lambda advisory_id: None  # tell the dispatcher
     limits: Limits = DEFAULT_LIMITS
+    # The binary packets of an armored ciphertext only the identity key can open
+    # (Keyring.only_for), else None: a mailed advisory in such a ciphertext is
+    # stored as it came (maild.service.membermail), not sealed again.
+    sealable: Callable[[bytes], bytes | None] = lambda armored: None
     # A line when maild's disk is (nearly) full, else None: gpg then fails in
     # ways that look like a bad message, so nothing is refused for good.
     full_disk: Callable[[], str | None] = lambda: None
@@ -156,23 +158,31 @@ class Intake:
         except MimeError as exc:
             raise Refused(f"malformed PGP/MIME: {exc}") from None
         try:
-            plaintext, found = await self._gpg(self.keyring.decrypt_signed, ciphertext)
+            plaintext, found, packets = await self._gpg(self._decrypt, ciphertext)
         except GpgError as exc:
             raise Refused(f"cannot decrypt: {exc}") from None
         try:
-            inner = parse(plaintext, self.limits)
-            if found is None and inmail.classify(inner) is Kind.SIGNED:
-                # Signed, then encrypted (RFC 3156 6.1): the signature covers the
-                # first part of the multipart/signed, and that is all maild reads.
-                data, signature, inner = _signed(inner)
-                found = await self._gpg(self.keyring.detached_signature, data, signature)
+            # Signed, then encrypted (RFC 3156 6.1) when gpg found no signature
+            # over the whole: the signature covers the first part of the
+            # multipart/signed, and that is all maild reads.
+            payload = read_payload(plaintext, self.limits, signed_whole=found is not None)
+        except SignedPartError as exc:
+            raise Refused(f"malformed multipart/signed: {exc}") from None
         except MimeError as exc:
             raise Refused(f"malformed payload: {exc}") from None
+        if payload.detached is not None:
+            found = await self._gpg(self.keyring.detached_signature, *payload.detached)
         if found is None:
             raise Refused("no valid signature over the whole payload")
         if found.fingerprint in self.members:
-            return await self._member(found, inner)
-        return self._ack(found, _texts(inner))
+            return await self._member(found, payload, packets)
+        return self._ack(found, _texts(payload.entity))
+
+    def _decrypt(self, ciphertext: bytes) -> tuple[bytes, Signature | None, bytes | None]:
+        """Decrypt and verify (in the pool), and find whether the ciphertext
+        itself may be kept as an advisory's sealed form."""
+        plaintext, found = self.keyring.decrypt_signed(ciphertext)
+        return plaintext, found, self.sealable(ciphertext)
 
     def _signed_only(self, found: Signature | None, part: Entity | None, text: str = "") -> str:
         """Signed but not encrypted: only an acknowledgement may be."""
@@ -197,19 +207,24 @@ class Intake:
             raise Refused("the signature is dated in the future", found.fingerprint)
 
     # -- members ------------------------------------------------------------------
-    async def _member(self, found: Signature, payload: Entity) -> str:
+    async def _member(self, found: Signature, payload: Payload, packets: bytes | None) -> str:
+        """`packets`: the member's ciphertext, if only the identity key can open it."""
         self._check_age(found)
         actor = f"mail:{found.fingerprint}"
         sealed: dict[bytes, bytes] = {}
         try:
-            content = _content(payload)
+            read = payload_content(payload.entity)
         except MimeError as exc:
-            content = None
+            read = None
             problem = str(exc)
-        if content is not None and inmail.is_advisory(content.body):
-            # Seal in the pool now, so the transaction below never waits on gpg.
-            plain = bundle(content.body, SOURCE, content.patches)
-            sealed[plain] = await self._gpg(self.seal, plain)
+        if read is not None and inmail.is_advisory(read.body):
+            plain = bundle(read.body, SOURCE, read.patches)
+            if packets is not None:
+                # Already sealed to the identity key alone: kept as it came.
+                sealed[plain] = seal_mail(packets, payload.form)
+            else:
+                # Seal in the pool now, so the transaction below never waits on gpg.
+                sealed[plain] = await self._gpg(self.seal, plain)
 
         def write() -> str | None:
             """The member's action, the signature and the reply: one savepoint
@@ -219,10 +234,10 @@ class Intake:
                 found.sig_id, found.fingerprint, found.signed_at, now
             ):
                 raise Refused("replay: this signature was seen before", found.fingerprint)
-            if content is None:
+            if read is None:
                 advisory_id, text = None, replies.failed("read your message", problem)
             else:
-                advisory_id, text = self._act(content, now, actor, sealed)
+                advisory_id, text = self._act(read, now, actor, sealed)
             self.store.add_messages(
                 advisory_id, [self._reply(found.fingerprint, advisory_id, text)]
             )
@@ -394,35 +409,6 @@ def _signed(entity: Entity) -> tuple[bytes, bytes, Entity]:
         return inmail.signed_parts(entity)
     except MimeError as exc:
         raise Refused(f"malformed multipart/signed: {exc}") from None
-
-
-def _content(payload: Entity) -> Content:
-    """The body and attachments of a member's payload. Anything that would
-    put unsigned or foreign content in reach (a forwarded message, a nested
-    signed or encrypted part) is refused."""
-    body: str | None = None
-    patches: list[Patch] = []
-    for _, part in walk(payload):
-        kind = part.content_type
-        if kind in ("multipart/signed", "multipart/encrypted") and part is not payload:
-            raise MimeError("a signed or encrypted part inside the message is not accepted")
-        if kind.startswith("multipart/"):
-            continue
-        if kind.startswith("message/"):
-            raise MimeError("forwarded messages are not accepted; send the content itself")
-        name = part.disposition_filename()
-        if name is None and kind == "text/plain":
-            if part.param("hp-legacy-display") is not None:
-                continue  # RFC 9788's copy of the headers for old clients
-            if body is None:
-                body = part.text()
-                continue
-        if name is None:
-            raise MimeError(f"a {kind} part without a file name; attach patches as files")
-        patches.append(Patch(name, part.decoded()))
-    if body is None:
-        raise MimeError("no text/plain body")
-    return Content(payload.header("Subject"), body, tuple(patches))
 
 
 def _texts(entity: Entity | None) -> str:
