@@ -675,3 +675,15 @@ def test_datetimes_are_stored_as_iso_text(db_path: Path) -> None:
     (text,) = conn.execute("SELECT disclosure FROM advisories").fetchone()
     conn.close()
     assert text == "2026-12-08T17:00:00+01:00[Europe/Berlin]"
+
+
+def test_a_damaged_stored_message_is_a_clear_error_naming_it(db_path: Path) -> None:
+    """A receipt whose stored time was damaged behind maild's back is not
+    read as something else: reading it fails with an error naming the
+    message and what is wrong."""
+    store = SqliteStore.open(db_path)
+    store.add_advisory(advisory(), [message("RSA-2026-0001", 1)], event())
+    store._conn.execute("UPDATE messages SET sent_at = 'yesterday'")
+    with pytest.raises(StoreError, match=r"stored message '<RSA-2026-0001\.1@maild\.test>' is"):
+        store.messages("RSA-2026-0001")
+    store.close()

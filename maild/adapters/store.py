@@ -439,15 +439,40 @@ _CLAIM_SQL = (
 
 
 def message_from_row(row: Mapping[str, Any]) -> MessageRecord:
-    with _refusing(f"stored message {row.get('message_id')!r} is unreadable"):
-        values = {name: row[name] for name in MESSAGE_COLUMNS}
-        values["kind"] = MessageKind(row["kind"])
-        values["state"] = MessageState(row["state"])
-        for name in DATETIME_MESSAGE_COLUMNS:
-            values[name] = _opt_dt_from_text(row[name])
-        values["possible_duplicate"] = bool(row["possible_duplicate"])
-        values["purpose"] = MessagePurpose(row["purpose"])
-        return MessageRecord(**values)
+    return message_from_values([row[name] for name in MESSAGE_COLUMNS])
+
+
+_KINDS = {k.value: k for k in MessageKind}
+_STATES = {s.value: s for s in MessageState}
+_PURPOSES = {p.value: p for p in MessagePurpose}
+_KIND, _STATE, _PURPOSE, _DUPLICATE = (
+    MESSAGE_COLUMNS.index(name) for name in ("kind", "state", "purpose", "possible_duplicate")
+)
+_DATETIMES = tuple(MESSAGE_COLUMNS.index(name) for name in DATETIME_MESSAGE_COLUMNS)
+
+
+def message_from_values(stored: Sequence[Any]) -> MessageRecord:
+    """A message from its stored values, in MESSAGE_COLUMNS order. (The
+    queue is read often, a whole advisory at a time: table lookups here,
+    not Enum calls, and no dict per row.)"""
+    values = list(stored)
+    try:
+        values[_KIND] = _KINDS[values[_KIND]]
+        values[_STATE] = _STATES[values[_STATE]]
+        values[_PURPOSE] = _PURPOSES[values[_PURPOSE]]
+        values[_DUPLICATE] = bool(values[_DUPLICATE])
+        for index in _DATETIMES:
+            if values[index] is not None:
+                values[index] = dt_from_text(values[index])
+        return MessageRecord(*values)
+    except (KeyError, TypeError, ValueError) as exc:
+        message_id = values[MESSAGE_COLUMNS.index("message_id")]
+        problem = (
+            f"{exc.args[0]!r} is not a known kind, state or purpose"
+            if isinstance(exc, KeyError)
+            else str(exc)
+        )
+        raise StoreError(f"stored message {message_id!r} is unreadable: {problem}") from exc
 
 
 def prepare_event(event: NewEvent) -> NewEvent:
@@ -728,8 +753,7 @@ class SqliteStore:
         ack_token: str | None = None,
     ) -> list[MessageRecord]:
         where, params = message_filter(kinds, states, envid, message_id, ack_token)
-        rows = self._query(f"SELECT * FROM messages WHERE {where}", params)
-        return sorted((message_from_row(r) for r in rows), key=message_order)
+        return self._messages(where, params)
 
     def remember_signature(
         self, sig_id: str, signer: str, signed_at: datetime, seen_at: datetime
@@ -885,8 +909,17 @@ class SqliteStore:
         return sorted(records, key=advisory_order)
 
     def messages(self, advisory_id: str) -> list[MessageRecord]:
-        rows = self._query("SELECT * FROM messages WHERE advisory_id = ?", (advisory_id,))
-        return sorted((message_from_row(r) for r in rows), key=message_order)
+        return self._messages("advisory_id = ?", (advisory_id,))
+
+    def _messages(self, where: str, params: Sequence[object]) -> list[MessageRecord]:
+        sql = f"SELECT {', '.join(MESSAGE_COLUMNS)} FROM messages WHERE {where}"
+        try:
+            cursor = self._conn.cursor()
+            cursor.row_factory = None  # plain tuples, in MESSAGE_COLUMNS order
+            rows = cursor.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: cannot read the state database: {exc}") from exc
+        return sorted(map(message_from_values, rows), key=message_order)
 
     def events(self, advisory_id: str | None = None) -> list[Event]:
         if advisory_id is None:
