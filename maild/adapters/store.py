@@ -14,7 +14,7 @@ import operator
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import fields, replace
 from datetime import UTC, datetime
@@ -372,59 +372,60 @@ def advisory_from_row(row: Mapping[str, Any]) -> AdvisoryRecord:
 
 def messages_to_rows(advisory_id: str | None, messages: Sequence[MessageRecord]) -> list[Row]:
     """The rows of a new advisory's messages; each must belong to that advisory."""
-    rows = []
+    values = messages_to_values(advisory_id, messages)
+    return [dict(zip(MESSAGE_COLUMNS, v, strict=True)) for v in values]
+
+
+def messages_to_values(
+    advisory_id: str | None, messages: Sequence[MessageRecord]
+) -> list[tuple[object, ...]]:
+    """As messages_to_rows, each row as its values in MESSAGE_COLUMNS order."""
     for m in messages:
         if m.advisory_id != advisory_id:
             raise StoreError(
                 f"message {m.message_id!r} belongs to advisory {m.advisory_id!r}, "
                 f"not {advisory_id!r}; nothing was written"
             )
-        rows.append(message_to_row(m))
-    return rows
-
-
-_message_values = operator.attrgetter(*MESSAGE_COLUMNS)
+    return [message_values(m) for m in messages]
 
 
 def message_to_row(m: MessageRecord) -> Row:
-    with _refusing(f"message {m.message_id!r} cannot be stored"):
-        row = dict(zip(MESSAGE_COLUMNS, _message_values(m), strict=True))
-        row["kind"] = MessageKind(m.kind).value
-        row["state"] = MessageState(m.state).value
-        for name in DATETIME_MESSAGE_COLUMNS:
-            row[name] = _opt_dt_to_text(name, getattr(m, name))
-        row["possible_duplicate"] = int(bool(m.possible_duplicate))
-        row["purpose"] = MessagePurpose(m.purpose).value
-        return row
+    return dict(zip(MESSAGE_COLUMNS, message_values(m), strict=True))
 
 
-_receipt_fields = operator.attrgetter(*MUTABLE_MESSAGE_COLUMNS, "message_id")
-
-
-def _dt_column(name: str) -> Callable[[Any], object]:
-    return lambda value: _opt_dt_to_text(name, value)
-
-
-# How message_to_row stores the receipt fields that are not stored as they are.
-_CONVERSIONS: dict[str, Callable[[Any], object]] = {
-    "state": lambda value: MessageState(value).value,
-    "possible_duplicate": lambda value: int(bool(value)),
-    **{name: _dt_column(name) for name in DATETIME_MESSAGE_COLUMNS},
-}
-_RECEIPT_CONVERSIONS = tuple(
-    (MUTABLE_MESSAGE_COLUMNS.index(name), convert) for name, convert in _CONVERSIONS.items()
+_message_fields = operator.attrgetter(*MESSAGE_COLUMNS)
+# Stored values of the enums, looked up by member or by value (StrEnum: equal).
+_KIND_VALUES = {k.value: k.value for k in MessageKind}
+_STATE_VALUES = {s.value: s.value for s in MessageState}
+_PURPOSE_VALUES = {p.value: p.value for p in MessagePurpose}
+_KIND, _STATE, _PURPOSE, _DUPLICATE, _MESSAGE_ID = (
+    MESSAGE_COLUMNS.index(name)
+    for name in ("kind", "state", "purpose", "possible_duplicate", "message_id")
 )
+_DATETIMES = tuple((MESSAGE_COLUMNS.index(name), name) for name in DATETIME_MESSAGE_COLUMNS)
+_RECEIPT = tuple(MESSAGE_COLUMNS.index(name) for name in (*MUTABLE_MESSAGE_COLUMNS, "message_id"))
+
+
+def message_values(m: MessageRecord) -> tuple[object, ...]:
+    """A message as stored: its values in MESSAGE_COLUMNS order. (Stores
+    write many at a time: table lookups here, not Enum calls.)"""
+    with _refusing(f"message {m.message_id!r} cannot be stored"):
+        values = list(_message_fields(m))
+        values[_KIND] = _KIND_VALUES[values[_KIND]]
+        values[_STATE] = _STATE_VALUES[values[_STATE]]
+        values[_PURPOSE] = _PURPOSE_VALUES[values[_PURPOSE]]
+        values[_DUPLICATE] = int(bool(values[_DUPLICATE]))
+        for index, name in _DATETIMES:
+            if values[index] is not None:
+                values[index] = dt_to_text(name, values[index])
+    return tuple(values)
 
 
 def _receipt_values(m: MessageRecord) -> tuple[object, ...]:
-    """A message's receipt fields (MUTABLE_MESSAGE_COLUMNS, in order), stored
-    as message_to_row stores them, then its message_id: the parameters of
-    _OUTCOME_SQL (a release writes two per message, so not via a whole row)."""
-    with _refusing(f"message {m.message_id!r} cannot be stored"):
-        values = list(_receipt_fields(m))
-        for index, convert in _RECEIPT_CONVERSIONS:
-            values[index] = convert(values[index])
-    return tuple(values)
+    """A message's receipt fields (MUTABLE_MESSAGE_COLUMNS, in order), then
+    its message_id: the parameters of _OUTCOME_SQL."""
+    values = message_values(m)
+    return tuple(values[i] for i in _RECEIPT)
 
 
 _SET_RECEIPT = ", ".join(f"{c} = ?" for c in MUTABLE_MESSAGE_COLUMNS)
@@ -445,10 +446,6 @@ def message_from_row(row: Mapping[str, Any]) -> MessageRecord:
 _KINDS = {k.value: k for k in MessageKind}
 _STATES = {s.value: s for s in MessageState}
 _PURPOSES = {p.value: p for p in MessagePurpose}
-_KIND, _STATE, _PURPOSE, _DUPLICATE = (
-    MESSAGE_COLUMNS.index(name) for name in ("kind", "state", "purpose", "possible_duplicate")
-)
-_DATETIMES = tuple(MESSAGE_COLUMNS.index(name) for name in DATETIME_MESSAGE_COLUMNS)
 
 
 def message_from_values(stored: Sequence[Any]) -> MessageRecord:
@@ -461,12 +458,12 @@ def message_from_values(stored: Sequence[Any]) -> MessageRecord:
         values[_STATE] = _STATES[values[_STATE]]
         values[_PURPOSE] = _PURPOSES[values[_PURPOSE]]
         values[_DUPLICATE] = bool(values[_DUPLICATE])
-        for index in _DATETIMES:
+        for index, _ in _DATETIMES:
             if values[index] is not None:
                 values[index] = dt_from_text(values[index])
         return MessageRecord(*values)
     except (KeyError, TypeError, ValueError) as exc:
-        message_id = values[MESSAGE_COLUMNS.index("message_id")]
+        message_id = values[_MESSAGE_ID]
         problem = (
             f"{exc.args[0]!r} is not a known kind, state or purpose"
             if isinstance(exc, KeyError)
@@ -634,7 +631,7 @@ class SqliteStore:
     def add_advisory(
         self, record: AdvisoryRecord, messages: Sequence[MessageRecord], event: NewEvent
     ) -> Event:
-        row, message_rows = advisory_to_row(record), messages_to_rows(record.id, messages)
+        row, message_rows = advisory_to_row(record), messages_to_values(record.id, messages)
         new = prepare_event(event)
         with _transaction(self._conn, self.path) as conn:
             if conn.execute("SELECT 1 FROM advisories WHERE id = ?", (record.id,)).fetchone():
@@ -655,7 +652,7 @@ class SqliteStore:
     ) -> Event:
         row, new = advisory_to_row(record), prepare_event(event)
         kinds = tuple(MessageKind(k).value for k in cancel_kinds)
-        message_rows = messages_to_rows(record.id, add_messages)
+        message_rows = messages_to_values(record.id, add_messages)
         with _transaction(self._conn, self.path) as conn:
             sql = "SELECT version FROM advisories WHERE id = ?"
             stored = conn.execute(sql, (record.id,)).fetchone()
@@ -689,7 +686,7 @@ class SqliteStore:
             return _append(conn, new)
 
     def add_messages(self, advisory_id: str | None, messages: Sequence[MessageRecord]) -> None:
-        message_rows = messages_to_rows(advisory_id, messages)
+        message_rows = messages_to_values(advisory_id, messages)
         with _transaction(self._conn, self.path) as conn:
             sql = "SELECT 1 FROM advisories WHERE id = ?"
             if advisory_id is not None and not conn.execute(sql, (advisory_id,)).fetchone():
@@ -871,11 +868,14 @@ class SqliteStore:
         return int(version) + self._advisory_writes
 
     @staticmethod
-    def _insert_messages(conn: sqlite3.Connection, message_rows: Sequence[Row]) -> None:
-        """Insert new messages, refusing (before writing any) an id already
-        stored or given twice; one statement for the whole batch."""
+    def _insert_messages(
+        conn: sqlite3.Connection, message_rows: Sequence[tuple[object, ...]]
+    ) -> None:
+        """Insert new messages (values in MESSAGE_COLUMNS order), refusing
+        (before writing any) an id already stored or given twice."""
         for column in UNIQUE_MESSAGE_COLUMNS:
-            values = [m[column] for m in message_rows]
+            index = MESSAGE_COLUMNS.index(column)
+            values = [m[index] for m in message_rows]
             seen: set[object] = set()
             for value in values:
                 if value in seen:
@@ -897,7 +897,7 @@ class SqliteStore:
             rows = message_rows[start : start + _ROWS_PER_INSERT]
             conn.execute(
                 f"INSERT INTO messages ({names}) VALUES {', '.join([row_marks] * len(rows))}",
-                [row[c] for row in rows for c in MESSAGE_COLUMNS],
+                [value for row in rows for value in row],
             )
 
     def get_advisory(self, advisory_id: str) -> AdvisoryRecord | None:
