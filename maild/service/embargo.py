@@ -86,9 +86,12 @@ class Desk:
         actor: str,
         *,
         needs_approval: bool = False,
+        sealed: bytes | None = None,
     ) -> tuple[AdvisoryRecord, list[MessageRecord]]:
         """`submit`, also returning the message rows it stored (in no
-        particular order), so a caller need not read them back."""
+        particular order), so a caller need not read them back. `sealed`:
+        exactly this text and these patches, already sealed to the identity
+        key (the mail intake seals before its transaction), else sealed here."""
         _check_patches(patches)
         advisory = parse_advisory(
             text, source, now=now, orgs=self.orgs.statuses(), default_id=UNASSIGNED
@@ -100,7 +103,8 @@ class Desk:
         if existing is not None:
             raise UserError(f"{source}: id {meta.id} is already queued (state {existing.state})")
         schedule = self._plan(meta, now)
-        sealed = self.seal(bundle(text, source, patches))
+        if sealed is None:
+            sealed = self.seal(bundle(text, source, patches))
         record = AdvisoryRecord(
             meta=meta,
             plan=schedule,

@@ -211,20 +211,20 @@ class Intake:
         """`packets`: the member's ciphertext, if only the identity key can open it."""
         self._check_age(found)
         actor = f"mail:{found.fingerprint}"
-        sealed: dict[bytes, bytes] = {}
+        sealed = b""
         try:
             read = payload_content(payload.entity)
         except MimeError as exc:
             read = None
             problem = str(exc)
         if read is not None and inmail.is_advisory(read.body):
-            plain = bundle(read.body, SOURCE, read.patches)
             if packets is not None:
                 # Already sealed to the identity key alone: kept as it came.
-                sealed[plain] = seal_mail(packets, payload.form)
+                sealed = seal_mail(packets, payload.form)
             else:
                 # Seal in the pool now, so the transaction below never waits on gpg.
-                sealed[plain] = await self._gpg(self.seal, plain)
+                plain = bundle(read.body, SOURCE, read.patches)
+                sealed = await self._gpg(self.seal, plain)
 
         def write() -> str | None:
             """The member's action, the signature and the reply: one savepoint
@@ -250,10 +250,11 @@ class Intake:
         return ACCEPTED
 
     def _act(
-        self, content: Content, now: datetime, actor: str, sealed: Mapping[bytes, bytes]
+        self, content: Content, now: datetime, actor: str, sealed: bytes
     ) -> tuple[str | None, Text]:
         """Do what the member asked; the reply says what happened (or the
-        exact error). Runs inside the intake transaction."""
+        exact error). Runs inside the intake transaction. `sealed`: an
+        advisory's text and patches, sealed to the identity key."""
         if inmail.is_advisory(content.body):
             return self._submit(content, now, actor, sealed)
         try:
@@ -271,17 +272,17 @@ class Intake:
             return command.advisory_id, replies.failed(_describe(command), str(exc))
 
     def _submit(
-        self, content: Content, now: datetime, actor: str, sealed: Mapping[bytes, bytes]
+        self, content: Content, now: datetime, actor: str, sealed: bytes
     ) -> tuple[str | None, Text]:
-        desk = replace(self.desk(now), seal=lambda plain: sealed[plain])
         try:
-            record, rows = desk.accept(
+            record, rows = self.desk(now).accept(
                 content.body,
                 SOURCE,
                 content.patches,
                 now,
                 actor,
                 needs_approval=self.approvals > 1,
+                sealed=sealed,
             )
         except BAD_INPUT as exc:
             return None, replies.failed("submit the advisory", str(exc))
