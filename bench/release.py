@@ -263,9 +263,9 @@ def _release(
     assert len(floors) == FLOOR_RUNS, f"{len(floors)} floor runs, not {FLOOR_RUNS}"
 
     # (b) once, after all the maild runs as before: run between two of them, its second of
-    # gpg work slowed the next one down. On the first run's advisory and messages as read
-    # before its tick (since disclosed): (b) unseals and composes from those records
-    # alone, and reads and writes nothing in the store.
+    # gpg work seemed to slow the next one down (3 trials of 3). On the first run's
+    # advisory and messages as read before its tick (since disclosed): (b) unseals and
+    # composes from those records alone, and reads and writes nothing in the store.
     print(f"  N={n}: baseline (b): sign and encrypt each copy at send time, one after another")
     notify_at = first.plan.notify_at
     assert notify_at is not None
@@ -527,7 +527,7 @@ async def _at_send_time(
 
 
 def _print_profile(profiler: cProfile.Profile) -> None:
-    print("    profile of the release tick, top 25 by own time:")
+    print(f"    profile of the release tick (run 1 of {RELEASE_RUNS} only), top 25 by own time:")
     stats = pstats.Stats(profiler)
     stats.sort_stats("tottime").print_stats(25)
     print("    ... and maild's own functions by cumulative time (the sink shares the loop):")
