@@ -713,10 +713,11 @@ class Dispatcher:
         last try, or a retry that would come after `deadline`), or deferred
         with backoff."""
         now = self.clock()
-        m = replace(m, smtp_code=r.code, smtp_response=r.response)
         if r.outcome is Outcome.ACCEPTED:
             return replace(
                 m,
+                smtp_code=r.code,
+                smtp_response=r.response,
                 state=MessageState.ACCEPTED,
                 sent_at=now,
                 detail=None,
@@ -726,9 +727,23 @@ class Dispatcher:
         detail = r.response
         if r.outcome is Outcome.DEFERRED and not last_try:
             if deadline is None or retry < deadline:
-                return replace(m, state=MessageState.DEFERRED, detail=detail, next_attempt_at=retry)
+                return replace(
+                    m,
+                    smtp_code=r.code,
+                    smtp_response=r.response,
+                    state=MessageState.DEFERRED,
+                    detail=detail,
+                    next_attempt_at=retry,
+                )
             detail = f"not delivered before disclosure: {r.response}"
-        return replace(m, state=MessageState.FAILED, detail=detail, next_attempt_at=None)
+        return replace(
+            m,
+            smtp_code=r.code,
+            smtp_response=r.response,
+            state=MessageState.FAILED,
+            detail=detail,
+            next_attempt_at=None,
+        )
 
     # -- advisory states --------------------------------------------------------------
     def _advance(self, record: AdvisoryRecord, now: datetime) -> bool:
