@@ -217,12 +217,13 @@ class Soak:
         old = self.dispatcher
         assert old is not None
         if crashed:
-            # The crash cut the tick's senders short; let the journal's flush already
-            # under way finish (a crash a moment later), as the old store closes next.
+            # The crash cut the tick's senders short; let the receipts' group commit
+            # already under way finish (a crash a moment later: its fsync runs in a
+            # thread), as the old store closes next.
             for _ in range(1000):
-                if old._journal._flusher is None:
+                if old._receipts._writer is None:
                     break
-                await asyncio.sleep(0)
+                await asyncio.sleep(0.001)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(old.aclose(), 30)
         self._stamp()
