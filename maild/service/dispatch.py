@@ -713,36 +713,24 @@ class Dispatcher:
         last try, or a retry that would come after `deadline`), or deferred
         with backoff."""
         now = self.clock()
-        if r.outcome is Outcome.ACCEPTED:
-            return replace(
-                m,
-                smtp_code=r.code,
-                smtp_response=r.response,
-                state=MessageState.ACCEPTED,
-                sent_at=now,
-                detail=None,
-                next_attempt_at=None,
-            )
-        retry = now + backoff(m.attempts)
-        detail = r.response
-        if r.outcome is Outcome.DEFERRED and not last_try:
-            if deadline is None or retry < deadline:
-                return replace(
-                    m,
-                    smtp_code=r.code,
-                    smtp_response=r.response,
-                    state=MessageState.DEFERRED,
-                    detail=detail,
-                    next_attempt_at=retry,
-                )
-            detail = f"not delivered before disclosure: {r.response}"
-        return replace(
+        state, detail, retry_at = MessageState.ACCEPTED, None, None
+        sent_at: datetime | None = now
+        if r.outcome is not Outcome.ACCEPTED:
+            state, detail, sent_at = MessageState.FAILED, r.response, m.sent_at
+            retry = now + backoff(m.attempts)
+            if r.outcome is Outcome.DEFERRED and not last_try:
+                if deadline is None or retry < deadline:
+                    state, retry_at = MessageState.DEFERRED, retry
+                else:
+                    detail = f"not delivered before disclosure: {r.response}"
+        return replace(  # one copy of the record: replace() copies all its fields
             m,
             smtp_code=r.code,
             smtp_response=r.response,
-            state=MessageState.FAILED,
+            state=state,
             detail=detail,
-            next_attempt_at=None,
+            sent_at=sent_at,
+            next_attempt_at=retry_at,
         )
 
     # -- advisory states --------------------------------------------------------------
