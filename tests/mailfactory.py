@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import subprocess
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from maild.adapters.gpg import Keyring
@@ -225,3 +227,50 @@ def signed_then_encrypted(
     """A member-style mail in the RFC 3156 section 6.1 form: a detached signature made
     at `created` (gpg's faked time), then encrypted now to maild (unsigned outside)."""
     return pgp_mime(who.encrypt(signed_entity(who, part, sign_as, created)), **headers)
+
+
+# -- OpenPGP packets, as gpg itself lists them ------------------------------------------
+
+
+@dataclass(frozen=True)
+class Packet:
+    """One top-level packet of a binary OpenPGP message, from `gpg --list-packets`."""
+
+    tag: int
+    start: int
+    end: int  # a data packet in partial lengths: the end of its header (gpg lists no length)
+    keyid: str | None  # a public-key encrypted session key's recipient (16 hex), else None
+    partial: bool = False  # its body is in partial lengths (chunks)
+
+
+_PACKET_LINE = re.compile(r"# off=(\d+) ctb=\w+ tag=(\d+) hlen=(\d+) plen=(\d+)")
+_KEYID = re.compile(r":pubkey enc packet: version \d+, algo \d+, keyid ([0-9A-F]{16})")
+
+
+def packets(ring: Keyring, binary: bytes) -> list[Packet]:
+    """The top-level packets of `binary` as gpg lists them without decrypting anything."""
+    command = ["gpg", "--homedir", str(ring.home), "--batch", "--list-only", "--list-packets"]
+    proc = subprocess.run(command, input=binary, capture_output=True, timeout=60)
+    found: list[Packet] = []
+    for line in proc.stdout.decode(errors="replace").splitlines():
+        header = _PACKET_LINE.fullmatch(line.split(" partial")[0].split(" new-ctb")[0])
+        if header is not None:
+            start, tag, hlen, plen = (int(group) for group in header.groups())
+            found.append(Packet(tag, start, start + hlen + plen, None, " partial" in line))
+        elif (keyid := _KEYID.match(line.strip())) is not None and found:
+            found[-1] = replace(found[-1], keyid=keyid.group(1))
+    return found
+
+
+def dearmored(ring: Keyring, armored: bytes) -> bytes:
+    return _gpg_filter(ring, "--dearmor", armored)
+
+
+def armored(ring: Keyring, binary: bytes) -> bytes:
+    """`binary` ASCII-armored as a PGP MESSAGE (gpg --enarmor, its header renamed)."""
+    return _gpg_filter(ring, "--enarmor", binary).replace(b"ARMORED FILE", b"MESSAGE")
+
+
+def _gpg_filter(ring: Keyring, option: str, data: bytes) -> bytes:
+    command = ["gpg", "--homedir", str(ring.home), "--batch", option]
+    return subprocess.run(command, input=data, capture_output=True, timeout=60, check=True).stdout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import stat
 import subprocess
@@ -28,6 +29,7 @@ from tests.keyfactory import (
     subkey_fingerprints,
     temp_keyring,
 )
+from tests.mailfactory import armored, dearmored, packets
 
 PAST = datetime(2020, 1, 1, tzinfo=UTC)
 MISSING = "0123456789ABCDEF0123456789ABCDEF01234567"
@@ -618,10 +620,10 @@ def gpg_in(ring: Keyring, args: list[str], data: bytes) -> bytes:
     return proc.stdout
 
 
-def to_identity(pair: Keys, *extra: str) -> bytes:
+def to_identity(pair: Keys, *extra: str, plaintext: bytes = MESSAGE) -> bytes:
     """Org A's armored mail to the identity key, signed by Org A; `extra` gpg options."""
     args = ["--armor", "--sign", "--local-user", pair.a + "!", "--encrypt"]
-    return gpg_in(pair.org_a, [*args, "--recipient", pair.identity, *extra], MESSAGE)
+    return gpg_in(pair.org_a, [*args, "--recipient", pair.identity, *extra], plaintext)
 
 
 def test_only_for_gives_the_packets_of_a_message_for_that_key_alone(pair: Keys) -> None:
@@ -643,16 +645,128 @@ def test_only_for_gives_the_packets_of_a_message_for_that_key_alone(pair: Keys) 
     assert pair.daemon.only_for(armored, pair.identity[-16:]) is None
 
 
-def test_only_for_is_none_when_anyone_else_could_open_the_message(pair: Keys) -> None:
-    """A second recipient (the sender's own key), a passphrase beside the key, or a hidden
-    recipient each mean the message is not provably the identity's alone: None."""
-    for extra in (
-        ["--recipient", pair.a],
-        ["--symmetric"],
-        ["--hidden-recipient", pair.identity],
+UNSIGNED = ["--skip-verify", "--decrypt"]  # Org B's ring lacks Org A's key
+
+
+def identity_subkey(pair: Keys) -> str:
+    """Key id of the identity's encryption subkey, as gpg lists it."""
+    (subkey,) = subkey_fingerprints(pair.daemon, pair.identity)
+    return subkey[-16:]
+
+
+@pytest.fixture(scope="module")
+def client(pair: Keys) -> Iterator[Keyring]:
+    """Org A's mail client: Org A's secret key, the identity's and Org B's public keys."""
+    with temp_keyring() as ring:
+        raw_gpg(ring, "--import", str(_secret_file(pair.org_a, pair.a, ring)))
+        ring.import_key(pair.daemon.export_public(pair.identity))
+        ring.import_key(pair.org_b.export_public(pair.b))
+        yield ring
+
+
+@pytest.mark.parametrize(
+    ("extra", "size"),
+    [
+        (["--recipient", "A"], 0),
+        (["--hidden-recipient", "B"], 0),
+        (["--symmetric"], 0),
+        (["--recipient", "A", "--hidden-recipient", "B", "--symmetric"], 300_000),
+    ],
+    ids=["encrypt-to-self", "hidden-recipient", "passphrase", "all-three-in-chunks"],
+)
+def test_only_for_keeps_the_identitys_session_key_alone(
+    pair: Keys, client: Keyring, extra: list[str], size: int
+) -> None:
+    """Org A's signed mail to the identity key and also to Org A's own key, to Org B as
+    a hidden recipient, to a passphrase, or to all three (300 KB of random data: the
+    data packet is in partial lengths): what is kept is exactly the identity's session
+    key packet and the data packet, byte for byte as sent; it opens with the identity
+    key to the same plaintext, and no longer with Org A's key, Org B's or the
+    passphrase, one of which opened the mail as sent."""
+    extra = [{"A": pair.a, "B": pair.b}.get(arg, arg) for arg in extra]
+    plaintext = MESSAGE + os.urandom(size)
+    args = ["--armor", "--sign", "--local-user", pair.a + "!", "--encrypt"]
+    sent = gpg_in(client, [*args, "--recipient", pair.identity, *extra], plaintext)
+    binary = dearmored(client, sent)
+    listed = packets(client, binary)
+    (mine,) = [packet for packet in listed if packet.keyid == identity_subkey(pair)]
+    data = listed[-1]
+    # A session key for the identity and for each option, then the data.
+    assert data.tag == 18 and len(listed) == 2 + sum(arg.startswith("--") for arg in extra)
+    assert data.partial == (size > 0)
+    others = (pair.org_a, pair.org_b)  # gpg_in gives them the passphrase too
+    opened = [gpg_in(ring, UNSIGNED, sent) for ring in others if _opens(ring, sent)]
+    assert opened and all(plain == plaintext for plain in opened)
+
+    kept = pair.daemon.only_for(sent, pair.identity)
+
+    assert kept == binary[mine.start : mine.end] + binary[data.start :]
+    assert pair.daemon.decrypt(kept) == plaintext
+    for ring in others:
+        with pytest.raises(RuntimeError, match="No secret key"):
+            gpg_in(ring, UNSIGNED, kept)
+    session_keys = [(p.tag, p.keyid) for p in packets(client, kept) if p.tag in (1, 3)]
+    assert session_keys == [(1, identity_subkey(pair))]
+
+
+def _opens(ring: Keyring, message: bytes) -> bool:
+    try:
+        gpg_in(ring, UNSIGNED, message)
+    except RuntimeError:
+        return False
+    return True
+
+
+def test_only_for_is_none_unless_one_named_session_key_is_the_identitys(pair: Keys) -> None:
+    """None for: the identity's session key packet twice (gpg still opens it, but which
+    copy it used is not known), a hidden recipient's ahead of the identity's, a message
+    for Org A and a passphrase only, and a packet of another kind (a marker) in front
+    of the data."""
+    sent = to_identity(pair, "--recipient", pair.a)
+    binary = dearmored(pair.org_a, sent)
+    listed = packets(pair.org_a, binary)
+    (mine,) = [packet for packet in listed if packet.keyid == identity_subkey(pair)]
+    twice = binary[mine.start : mine.end] + binary
+    assert pair.daemon.decrypt(twice) == MESSAGE
+    marker = b"\xca\x03PGP"  # RFC 9580 section 5.8, new format
+    marked = binary[: listed[-1].start] + marker + binary[listed[-1].start :]
+    assert gpg_in(pair.org_a, ["--decrypt"], marked) == MESSAGE
+    hidden_first = ["--hidden-recipient", pair.a, "--recipient", pair.identity]
+    for n, message in enumerate(
+        [
+            armored(pair.org_a, twice),
+            gpg_in(pair.org_a, ["--armor", "--encrypt", *hidden_first], MESSAGE),
+            gpg_in(pair.org_a, ["--armor", "--encrypt", "--symmetric", "-r", pair.a], MESSAGE),
+            armored(pair.org_a, marked),
+        ]
     ):
-        armored = to_identity(pair, *extra)
-        assert pair.daemon.only_for(armored, pair.identity) is None, extra
+        assert pair.daemon.only_for(message, pair.identity) is None, n
+
+
+def test_only_for_never_keeps_a_session_key_gpg_did_not_open_the_mail_with(
+    pair: Keys,
+) -> None:
+    """A hidden recipient's session key for the identity, then a named one for the
+    identity from another message: gpg opens the mail with the hidden one (it comes
+    first), so keeping the named one would store a message that never opens: None.
+    The other way round, with the named one damaged so gpg cannot decrypt it, gpg goes
+    on to the hidden one but fails the run, and decrypt_signed (the intake's) refuses
+    the mail, so only_for's answer for it is never used."""
+    hidden = gpg_in(pair.org_a, ["--encrypt", "--hidden-recipient", pair.identity], MESSAGE)
+    other = gpg_in(pair.org_a, ["--encrypt", "--recipient", pair.identity], b"other")
+    first = packets(pair.org_a, hidden)[0]
+    named = packets(pair.org_a, other)[0]
+    assert first.keyid == "0" * 16 and named.keyid == identity_subkey(pair)
+    crafted = hidden[: first.end] + other[: named.end] + hidden[first.end :]
+    assert pair.daemon.decrypt_signed(armored(pair.org_a, crafted)) == (MESSAGE, None)
+    with pytest.raises(GpgError):
+        pair.daemon.decrypt(hidden[: first.start] + other[: named.end] + hidden[first.end :])
+    assert pair.daemon.only_for(armored(pair.org_a, crafted), pair.identity) is None
+    damaged = bytearray(other[: named.end])
+    damaged[-20] ^= 0xFF  # inside the wrapped session key
+    turned = bytes(damaged) + hidden
+    with pytest.raises(GpgError):
+        pair.daemon.decrypt_signed(armored(pair.org_a, turned))
 
 
 def test_only_for_is_none_for_anything_odd_and_never_raises(pair: Keys) -> None:

@@ -1,7 +1,8 @@
-"""A member's mailed advisory, encrypted to maild's identity key alone, is
-stored as the member sent it (the mail form) instead of being sealed again by
-a second gpg run; whatever the form, the notices carry the same advisory text
-and patches. Real listener, intake, dispatcher, store and gpg keys."""
+"""A member's mailed advisory, encrypted to maild's identity key (and maybe to
+others), is stored as the member sent it, cut down to the identity's session
+key (the mail form), instead of being sealed again by a second gpg run; whatever
+the form, the notices carry the same advisory text and patches. Real listener,
+intake, dispatcher, store and gpg keys."""
 
 from __future__ import annotations
 
@@ -21,8 +22,16 @@ from maild.domain.models import AdvisoryRecord, MessageKind
 from maild.service.compose import Draft
 from maild.service.embargo import Patch
 from maild.service.membermail import MAIL_SEAL, Form, sealed_content
-from tests.keyfactory import raw_gpg
-from tests.mailfactory import member_mail, payload, pgp_mime, signed_then_encrypted
+from tests.keyfactory import raw_gpg, subkey_fingerprints
+from tests.mailfactory import (
+    armored,
+    dearmored,
+    member_mail,
+    packets,
+    payload,
+    pgp_mime,
+    signed_then_encrypted,
+)
 from tests.test_intake import Intake, advisory_text, make_intake
 from tests.world import World
 
@@ -144,23 +153,69 @@ def test_the_signed_then_encrypted_form_is_stored_as_sent_too(
     assert notice_contents(h, record)[1] == PATCHES
 
 
-def test_mail_also_encrypted_to_the_member_is_sealed_again(h: Intake, seals: list[bytes]) -> None:
-    """Encrypted to the identity key and to the member's own key (encrypt-to-self):
-    sealed again as a bundle (no marker), which the member's key cannot open,
-    and it opens to exactly what the same advisory stored as sent opens to."""
+def stored_packets(record: AdvisoryRecord) -> bytes:
+    """The member's OpenPGP packets kept in a mail form."""
+    assert record.sealed.startswith(MAIL_SEAL)
+    return record.sealed[record.sealed.index(b"\n", len(MAIL_SEAL)) + 1 :]
+
+
+def identity_subkey(h: Intake) -> str:
+    (subkey,) = subkey_fingerprints(h.setup.keyring, h.world.identity)
+    return subkey[-16:]
+
+
+def test_mail_also_encrypted_to_the_member_is_stored_as_sent_for_the_identity(
+    h: Intake, seals: list[bytes]
+) -> None:
+    """Encrypted to the identity key and to the member's own key (encrypt-to-self,
+    Thunderbird's default), which could open it as sent: stored in the mail form
+    with no seal gpg run, as exactly the identity's session key packet and the data
+    packet the member sent; the member's key cannot open it, and it opens to exactly
+    what `maild submit` of the same text and patches gives."""
     text = advisory_text(h.world)
     inner = payload(text, attachments=PATCHES)
     self_too = ["--recipient", h.who.fpr("member")]
-    record = accepted(h, pgp_mime(h.who.encrypt(inner, sign_as="member", extra=self_too)))
+    sent = h.who.encrypt(inner, sign_as="member", extra=self_too)
+    assert h.who.ring.decrypt(sent) == inner
+    record = accepted(h, pgp_mime(sent))
+    assert record.sealed.startswith(MAIL_SEAL)
+    assert seals == []
+    binary = dearmored(h.who.ring, sent)
+    listed = packets(h.who.ring, binary)
+    assert len(listed) == 3
+    (mine,) = [packet for packet in listed if packet.keyid == identity_subkey(h)]
+    kept = stored_packets(record)
+    assert kept == binary[mine.start : mine.end] + binary[listed[-1].start :]
+    with pytest.raises(GpgError):
+        h.who.ring.decrypt(kept)
+    assert opened(h, record) == cli_draft(h, text.replace("\n", "\r\n"))
+
+
+@pytest.mark.parametrize("how", ["identity-twice", "trailing-spaces"])
+def test_mail_whose_ciphertext_is_in_doubt_is_sealed_again(
+    h: Intake, seals: list[bytes], how: str
+) -> None:
+    """The identity's session key packet twice (which one gpg opened the mail with
+    is not known), or spaces at the ends of the armor's lines (gpg ignores them;
+    maild keeps only plainly armored mail): sealed again as a bundle (no marker),
+    which the member's key cannot open, and it opens to exactly what `maild submit`
+    of the same text and patches gives."""
+    text = advisory_text(h.world)
+    inner = payload(text, attachments=PATCHES)
+    sent = h.who.encrypt(inner, sign_as="member")
+    if how == "identity-twice":
+        binary = dearmored(h.who.ring, sent)
+        first = packets(h.who.ring, binary)[0]
+        assert first.keyid == identity_subkey(h)
+        mail = armored(h.who.ring, binary[: first.end] + binary)
+    else:
+        mail = sent.replace(b"\n", b"  \n")
+    record = accepted(h, pgp_mime(mail))
     assert not record.sealed.startswith(MAIL_SEAL)
     assert len(seals) == 1
     with pytest.raises(GpgError):
         h.who.ring.decrypt(record.sealed)
-    # Another subject (not part of the advisory): ed25519 signs deterministically,
-    # and the same signature again would be refused as a replay.
-    as_sent = accepted(h, member_mail(h.who, text, subject="again", attachments=PATCHES))
-    assert as_sent.sealed.startswith(MAIL_SEAL) and len(seals) == 1
-    assert opened(h, record) == opened(h, as_sent)
+    assert opened(h, record) == cli_draft(h, text.replace("\n", "\r\n"))
 
 
 def test_a_stored_mail_opens_after_the_members_key_is_gone(h: Intake) -> None:

@@ -442,6 +442,19 @@ def _new_length(packets: bytes, pos: int) -> tuple[int, int]:
     return -1, pos  # partial: the caller reads the chunks
 
 
+_HIDDEN = "0" * 16  # the key id of a hidden ("anonymous") recipient's session key
+
+
+@dataclass(frozen=True)
+class _SessionKey:
+    """One session key packet heading a message: where it starts and ends, and the key
+    id (16 hex) it is public-key encrypted to; None for a passphrase (SKESK)."""
+
+    start: int
+    end: int
+    keyid: str | None
+
+
 def _session_key_recipients(packets: bytes) -> list[str]:
     """Key ids (16 hex) of the public-key encrypted session key packets heading a message.
 
@@ -449,26 +462,37 @@ def _session_key_recipients(packets: bytes) -> list[str]:
     it (a passphrase-encrypted session key, a hidden recipient, an unknown packet) is an
     error: such a message is not provably for one known key.
     """
-    return _recipients_and_data(packets)[0]
-
-
-def _recipients_and_data(packets: bytes) -> tuple[list[str], int]:
-    """The session key recipients (as `_session_key_recipients`) and where the header
-    of the encrypted data packet that follows them starts."""
     ids: list[str] = []
+    for key in _session_keys_and_data(packets)[0]:
+        if key.keyid is None:
+            raise GpgError("gpg output holds an unexpected OpenPGP packet (tag 3)")
+        if key.keyid == _HIDDEN:
+            raise GpgError("gpg output has a session key for a hidden or unknown recipient")
+        ids.append(key.keyid)
+    return ids
+
+
+def _session_keys_and_data(packets: bytes) -> tuple[list[_SessionKey], int]:
+    """The session key packets heading a message (tag 1, public-key encrypted, version 3
+    only; tag 3, passphrase-encrypted) and where the header of the encrypted data packet
+    that follows them starts. Another packet in front of the data, a session key of
+    another version, or a packet cut short is a GpgError."""
+    keys: list[_SessionKey] = []
     pos = 0
     while pos < len(packets):
         tag, length, body = _packet_header(packets, pos)
-        if tag in (18, 20):  # encrypted data (with MDC / AEAD): the recipients are all read
-            return ids, pos
-        if tag != 1 or length < 10 or body + length > len(packets):
+        if tag in (18, 20):  # encrypted data (with MDC / AEAD): the session keys are all read
+            return keys, pos
+        end = body + length
+        if tag not in (1, 3) or length < 1 or end > len(packets):
             raise GpgError(f"gpg output holds an unexpected OpenPGP packet (tag {tag})")
-        version = packets[body]
-        keyid = packets[body + 1 : body + 9]
-        if version != 3 or keyid == bytes(8):
-            raise GpgError("gpg output has a session key for a hidden or unknown recipient")
-        ids.append(keyid.hex().upper())
-        pos = body + length
+        keyid = None
+        if tag == 1:
+            if length < 10 or packets[body] != 3:
+                raise GpgError("gpg output has a session key packet of another version than 3")
+            keyid = packets[body + 1 : body + 9].hex().upper()
+        keys.append(_SessionKey(pos, end, keyid))
+        pos = end
     raise GpgError("gpg output ends before its encrypted data")
 
 
@@ -767,25 +791,48 @@ class Keyring:
         return outcome.output
 
     def only_for(self, armored: bytes, fingerprint: str) -> bytes | None:
-        """The binary packets of an ASCII-armored OpenPGP message that only the key
-        `fingerprint` can open, else None.
+        """The binary packets of an ASCII-armored OpenPGP message, cut down to what only
+        the key `fingerprint` can open, else None.
 
-        Only for means: the message is plainly armored (see _armored_packets) and is
-        one or more session key packets followed by one encrypted data packet that ends
-        the message, and there is exactly one session key packet, public-key encrypted
-        to an encryption (sub)key of `fingerprint` as last listed (no passphrase, no
-        hidden recipient, no other key). Nothing is decrypted, no gpg runs (unless the
-        key's listing is not cached yet), and nothing is raised: any doubt is None.
+        The message must be plainly armored (see _armored_packets) and be a run of
+        session key packets (public-key encrypted, version 3, or passphrase-encrypted)
+        followed by one encrypted data packet that ends the message; exactly one of the
+        session keys must be public-key encrypted to an encryption (sub)key of
+        `fingerprint` as last listed, named (a hidden recipient's never counts as the
+        key's) and ahead of every hidden recipient's. The answer is that one session key
+        packet followed by the data packet, each byte for byte as in the message: the
+        other session keys (another key's, a hidden recipient's, a passphrase's) are
+        dropped.
+
+        Dropping them is safe: what is left opens with the key `fingerprint` or with the
+        message's session key. Whoever could open a dropped session key can get that
+        session key only from the message as it was sent, so already holds its plaintext.
+
+        The kept session key must be the one gpg opened the message with, or the stored
+        message might not open again. gpg (2.2) tries the session keys in order and keeps
+        the first it decrypts, trying a hidden recipient's with every secret key it has
+        (one it fails to decrypt makes it exit non-zero: decrypt_signed refuses that);
+        a passphrase's it cannot use in batch mode. So two for `fingerprint`, or a hidden
+        recipient's ahead of its own, are None.
+
+        Nothing is decrypted, no gpg runs (unless the key's listing is not cached yet),
+        and nothing is raised: any doubt is None.
         """
         try:
             packets = _armored_packets(armored)
-            used, data = _recipients_and_data(packets)
-            if len(used) != 1 or not _ends_with_data(packets, data):
+            keys, data = _session_keys_and_data(packets)
+            if not _ends_with_data(packets, data):
                 return None
             allowed = self.encryption_subkeys(fingerprint)
         except (GpgError, ValueError, IndexError):
             return None
-        return packets if used[0] in allowed else None
+        mine = [n for n, key in enumerate(keys) if key.keyid in allowed]
+        if len(mine) != 1 or any(key.keyid == _HIDDEN for key in keys[: mine[0]]):
+            return None
+        kept = keys[mine[0]]
+        if len(keys) == 1:
+            return packets  # nothing to drop
+        return packets[kept.start : kept.end] + packets[data:]
 
     def sign_encrypt(self, data: bytes, recipient: str, signer: str, now: datetime) -> bytes:
         """ASCII-armored OpenPGP message signed by `signer` and encrypted to `recipient` only.
