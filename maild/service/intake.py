@@ -99,9 +99,9 @@ class Intake:
     max_signature_age: timedelta = timedelta(days=3)
     wake: Callable[[str | None], None] = lambda advisory_id: None  # tell the dispatcher
     limits: Limits = DEFAULT_LIMITS
-    # The binary packets of an armored ciphertext only the identity key can open
-    # (Keyring.only_for), else None: a mailed advisory in such a ciphertext is
-    # stored as it came (maild.service.membermail), not sealed again.
+    # The binary packets of an armored ciphertext cut down to the identity key's
+    # session key alone (Keyring.only_for), else None: a mailed advisory in such a
+    # ciphertext is stored that way (maild.service.membermail), not sealed again.
     sealable: Callable[[bytes], bytes | None] = lambda armored: None
     # A line when maild's disk is (nearly) full, else None: gpg then fails in
     # ways that look like a bad message, so nothing is refused for good.
@@ -208,7 +208,8 @@ class Intake:
 
     # -- members ------------------------------------------------------------------
     async def _member(self, found: Signature, payload: Payload, packets: bytes | None) -> str:
-        """`packets`: the member's ciphertext, if only the identity key can open it."""
+        """`packets`: the member's ciphertext cut down to the identity key's
+        session key (see Keyring.only_for), or None."""
         self._check_age(found)
         actor = f"mail:{found.fingerprint}"
         sealed = b""
@@ -219,7 +220,7 @@ class Intake:
             problem = str(exc)
         if read is not None and inmail.is_advisory(read.body):
             if packets is not None:
-                # Already sealed to the identity key alone: kept as it came.
+                # Already encrypted to the identity key: kept, for that key alone.
                 sealed = seal_mail(packets, payload.form)
             else:
                 # Seal in the pool now, so the transaction below never waits on gpg.

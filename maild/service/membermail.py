@@ -6,9 +6,10 @@ advisory stored in the mail form is read back with `sealed_content`, which
 calls those same two functions, so the advisory text and patches the notices
 carry are exactly the ones the intake checked and accepted.
 
-The mail form (`MAIL_SEAL`) is the member's own ciphertext, kept when only
-maild's identity key can open it (see `Keyring.only_for`): it spares the
-second gpg run that sealing the bundle (maild.service.embargo.bundle) costs.
+The mail form (`MAIL_SEAL`) is the member's own ciphertext without the session
+keys of any other key (the member's own, with encrypt-to-self), so that only
+maild's identity key can open it (see `Keyring.only_for`): it spares the second
+gpg run that sealing the bundle (maild.service.embargo.bundle) costs.
 Sealed bundles are binary OpenPGP, whose first byte has its high bit set, so
 they never start with the marker (an ASCII 'm').
 """
