@@ -352,6 +352,18 @@ class Signature:
     sig_id: str  # gpg's SIG_ID: the same for the same signature, for replay detection
 
 
+def _decrypted(outcome: _Outcome) -> bool:
+    """gpg decrypted a public-key encrypted message whole, with its integrity
+    check (whatever it said of a signature inside)."""
+    return (
+        outcome.has("DECRYPTION_OKAY")
+        and outcome.has("ENC_TO")
+        and not outcome.has("DECRYPTION_FAILED")
+        and not outcome.has("BADMDC")
+        and not outcome.has("NEED_PASSPHRASE_SYM")
+    )
+
+
 def _signature_of(outcome: _Outcome) -> Signature | None:
     """The one valid signature gpg reported, with its time and id, else None
     (see _signer_of; a good signature without SIG_ID or time is refused too)."""
@@ -779,13 +791,7 @@ class Keyring:
         if max_output is not None:
             args[:0] = ["--max-output", str(max_output)]
         outcome = self._gpg_io(args, data)
-        decrypted = (
-            outcome.has("DECRYPTION_OKAY")
-            and outcome.has("ENC_TO")
-            and not outcome.has("DECRYPTION_FAILED")
-            and not outcome.has("BADMDC")
-            and not outcome.has("NEED_PASSPHRASE_SYM")
-        )
+        decrypted = _decrypted(outcome)
         if not decrypted or outcome.returncode != 0:
             raise GpgError(f"gpg failed to decrypt: {outcome.reason()}")
         return outcome.output
@@ -922,13 +928,7 @@ class Keyring:
         outcome = self._gpg_io(
             ["--trust-model", "always", "--max-output", str(_MAX_PLAINTEXT), "--decrypt"], data
         )
-        decrypted = (
-            outcome.has("DECRYPTION_OKAY")
-            and outcome.has("ENC_TO")
-            and not outcome.has("DECRYPTION_FAILED")
-            and not outcome.has("BADMDC")
-            and not outcome.has("NEED_PASSPHRASE_SYM")
-        )
+        decrypted = _decrypted(outcome)
         # gpg exits non-zero for a bad or unverifiable signature on a message it decrypted
         # fine; that is 'no valid signer', not a decryption failure.
         explained = any(line.keyword in _SIG_VERDICTS - {"GOODSIG"} for line in outcome.status)
