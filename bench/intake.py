@@ -656,9 +656,13 @@ def _measure(
         )
         lost, good = lost + run_lost, good and run_good
         baseline_and_floor(k + 1)
+        r = done[-1]
         print(
-            f"    run {k}: maild {m / done[-1].elapsed:.1f}/s; the gpg loop after it "
-            f"{m / baselines[-1][0]:.1f}/s, the floor {m / floors[-1][0]:.1f}/s"
+            f"    run {k}: maild {m / r.elapsed:.1f}/s (CPU per submission "
+            f"{ms((r.cpu_loop + r.cpu_threads + r.cpu_children + r.cpu_agent) / m)}, the "
+            f"loop's thread {ms(r.cpu_loop / m)}, transactions {ms(r.transactions.total / m)}); "
+            f"the gpg loop after it {m / baselines[-1][0]:.1f}/s, "
+            f"the floor {m / floors[-1][0]:.1f}/s"
         )
     assert len(baselines) == BASELINE_RUNS, f"{len(baselines)} baseline runs"
 
