@@ -799,7 +799,7 @@ def _children_cpu() -> float:
 
 
 def _print_profile(profiler: cProfile.Profile) -> None:
-    print("    profile of the event loop's thread during the submissions, top 25 by own time:")
+    print("    profile of the event loop's thread during run 1's submissions, top 25 by own time:")
     stats = pstats.Stats(profiler)
     stats.sort_stats("tottime").print_stats(25)
     print("    ... and maild's own functions by cumulative time (the clients share the loop):")
