@@ -5,7 +5,13 @@ maild's identity key and to the member's own, RFC 3156 PGP/MIME) are sent by 20
 concurrent aiosmtplib clients to the daemon's own listener and intake (`build()`,
 `build_intake()`, `start_listener`, a 2-thread gpg pool), against a loop of
 `gpg --decrypt` command lines verifying the same messages one after another. Every
-reply must be 250 and the store must hold exactly the M advisories afterwards.
+reply must be 250.
+
+maild runs MAILD_RUNS times, each on its own M submissions (a signature seen before is
+refused; after each run the store must hold exactly the advisories sent so far),
+interleaved with the gpg loop and the SMTP-only floor (one run before the first maild
+run, one after each) so that load on the machine hits both alike; the rates are medians,
+the breakdown that of the median maild run.
 """
 
 from __future__ import annotations
@@ -49,7 +55,8 @@ CLIENTS = 20  # concurrent SMTP clients, one connection each, sending one after 
 PER_CONNECTION = 30  # at most; [intake] max_commands (100) allows 33 (3 commands each)
 ORGS = 100  # organisations in the orgs list: each submission queues ORGS notices
 BODY_BYTES = 100 * 1024  # the advisory's Markdown body
-BASELINE_RUNS = 3  # the gpg loop: once before maild, twice after; the median is used
+MAILD_RUNS = 3  # maild runs, each on its own submissions; the median is used
+BASELINE_RUNS = MAILD_RUNS + 1  # the gpg loop and the floor: before the first, after each
 SEND_LIMIT = 600.0  # seconds for all submissions before the benchmark gives up
 GPG_TIMEOUT = 60
 SENDER = "m@wg.example"
@@ -67,6 +74,7 @@ class Mail:
 
 
 def run(keys: KeyPool, report: Report, messages: int, *, profile: bool = False) -> None:
+    started = time.perf_counter()
     loop = asyncio.new_event_loop()
     running = loop.run_until_complete(start_sink())
     client_home: Path | None = None
@@ -90,17 +98,24 @@ def run(keys: KeyPool, report: Report, messages: int, *, profile: bool = False) 
             port = int(listener.sockets[0].getsockname()[1])
 
             client_home = short_tmp()
-            print(f"  signing and encrypting {messages + 1} submissions with the gpg CLI")
-            mails = _make_mails(keys, world, client_home, messages + 1)
-            warmup, measured = mails[0], mails[1:]
-            sizes = sorted(len(m.wire) for m in measured)
+            count = MAILD_RUNS * messages + 1
             print(
-                f"  each: advisory {len(measured[0].payload) / 1024:.0f} KB, "
+                f"  signing and encrypting {count} submissions with the gpg CLI "
+                f"(a warm-up, and {messages} for each of the {MAILD_RUNS} maild runs)"
+            )
+            making = time.perf_counter()
+            mails = _make_mails(keys, world, client_home, count)
+            making = time.perf_counter() - making
+            warmup = mails[0]
+            runs = [mails[1 + k * messages : 1 + (k + 1) * messages] for k in range(MAILD_RUNS)]
+            sizes = sorted(len(m.wire) for m in runs[0])
+            print(
+                f"  made in {making:.1f} s; each: advisory {len(warmup.payload) / 1024:.0f} KB, "
                 f"message on the wire {sizes[len(sizes) // 2] / 1024:.0f} KB "
                 f"(gpg compresses before encrypting)"
             )
             _measure(
-                loop, world, intake, config, port, warmup, measured, report, pokes, profile=profile
+                loop, world, intake, config, port, warmup, runs, report, pokes, profile=profile
             )
         finally:
             if listener is not None:
@@ -115,6 +130,7 @@ def run(keys: KeyPool, report: Report, messages: int, *, profile: bool = False) 
             shutil.rmtree(client_home, ignore_errors=True)
         loop.run_until_complete(running.close())
         loop.close()
+    print(f"  the intake benchmark took {time.perf_counter() - started:.0f} s in all")
 
 
 # -- the submissions ----------------------------------------------------------------
@@ -439,40 +455,39 @@ async def _floor(
     return elapsed, cpu
 
 
-def _measure(
+@dataclass
+class _MaildRun:
+    """One timed maild run: its wall time, its replies, where the time went, and its
+    own CPU deltas (the loop's thread, the process's other threads, the gpg processes,
+    the gpg-agent)."""
+
+    elapsed: float
+    sent: _Sent
+    spans: _Span  # Intake.receive
+    timers: dict[str, Timer]
+    transactions: _Transactions
+    parses: _Total  # intake.parse
+    inner: _Total  # membermail.parse
+    rows: _Total  # embargo.notice_rows
+    texts: _Total  # replies.submitted
+    cpu_loop: float
+    cpu_threads: float
+    cpu_children: float
+    cpu_agent: float
+
+
+def _maild_run(
     loop: asyncio.AbstractEventLoop,
     world: World,
     intake: Intake,
-    config: ListenerConfig,
     port: int,
-    warmup: Mail,
     mails: Sequence[Mail],
-    report: Report,
-    pokes: list[None],
-    *,
-    profile: bool,
-) -> None:
-    m, member = len(mails), world.keys.member
-    clients = min(CLIENTS, m)
+    clients: int,
+    profiler: cProfile.Profile | None,
+) -> _MaildRun:
+    """The submissions of one run through maild's listener, everything timed."""
     store = world.store_setup().store
     keyring = world.store_setup().keyring
-    _decrypt_loop(world, [warmup], member)  # gpg's and the agent's caches, as for maild
-    print(f"  baseline: `gpg --decrypt` of the {m} messages, one after another (1 of 3)")
-    baselines = [_decrypt_loop(world, mails, member)]
-    print("  floor: the same clients and messages, an intake answering 250 at once (1 of 3)")
-    floors = [loop.run_until_complete(_floor(config, mails, clients))]
-
-    print("  maild: one warm-up submission (not counted)")
-    _, sent = loop.run_until_complete(_submit_all(port, [warmup], 1))
-    assert sent.codes == [250], f"the warm-up got {sent.codes}"
-    before = {r.id for r in store.list_advisories()}
-    assert before == {warmup.advisory_id}, f"expected only the warm-up, found {before}"
-
-    print(
-        f"  maild: {m} submissions from {clients} concurrent clients "
-        f"(one connection each){' (profiled)' if profile else ''}"
-    )
-    profiler = cProfile.Profile() if profile else None
     with contextlib.ExitStack() as patches:
         spans = _Span(intake, "receive")
         patches.callback(spans.remove)
@@ -506,107 +521,152 @@ def _measure(
         cpu_threads = time.process_time() - cpu_process - cpu_loop
         cpu_children = _children_cpu() - cpu_children
         cpu_agent = _agent_cpu(world.gnupg_home) - cpu_agent
+    return _MaildRun(
+        elapsed,
+        sent,
+        spans,
+        timers,
+        transactions,
+        parses,
+        inner,
+        rows,
+        texts,
+        cpu_loop,
+        cpu_threads,
+        cpu_children,
+        cpu_agent,
+    )
 
-    print("  baseline and floor again (2 and 3 of 3)")
-    cpu_before, agent_before = _children_cpu(), _agent_cpu(world.gnupg_home)
-    baselines += [_decrypt_loop(world, mails, member) for _ in range(BASELINE_RUNS - 1)]
-    gpg_cpu_per_decrypt = (_children_cpu() - cpu_before) / ((BASELINE_RUNS - 1) * m)
-    agent_per_decrypt = (_agent_cpu(world.gnupg_home) - agent_before) / ((BASELINE_RUNS - 1) * m)
-    floors += [
-        loop.run_until_complete(_floor(config, mails, clients)) for _ in range(BASELINE_RUNS - 1)
-    ]
-    baseline = median(baselines)
-    floor = median([f[0] for f in floors])
-    floor_cpu = median([f[1] for f in floors])
 
-    # No submission lost: every reply 250, and exactly these advisories stored, each
-    # with its notices and the reply to the member queued.
+def _baseline(world: World, mails: Sequence[Mail], member: str) -> tuple[float, float]:
+    """One run of the gpg loop: (wall time, CPU per message of gpg and the gpg-agent)."""
+    cpu_children, cpu_agent = _children_cpu(), _agent_cpu(world.gnupg_home)
+    elapsed = _decrypt_loop(world, mails, member)
+    cpu_children = _children_cpu() - cpu_children
+    cpu_agent = _agent_cpu(world.gnupg_home) - cpu_agent
+    return elapsed, (cpu_children + cpu_agent) / len(mails)
+
+
+def _check(
+    world: World,
+    expected: set[str],
+    earlier: set[str],
+    mails: Sequence[Mail],
+    sent: _Sent,
+    wakeups: int,
+    k: int,
+) -> tuple[int, bool]:
+    """After run k: every reply 250, the store holds exactly `expected` (the warm-up's
+    and the runs' so far), and each of this run's advisories has its ORGS notices and
+    its reply queued. Returns (submissions lost, everything as it should be)."""
+    store = world.store_setup().store
+    m = len(mails)
     accepted = sum(1 for c in sent.codes if c == 250)
     others = sorted({c for c in sent.codes if c != 250})
-    stored = {r.id for r in store.list_advisories()} - before
-    expected = {mail.advisory_id for mail in mails}
-    lost = len(expected - stored)
-    replies = [
-        msg for msg in store.find_messages(kinds=[MessageKind.REPLY]) if msg.advisory_id in stored
-    ]
-    notices = sum(1 for i in stored for msg in store.messages(i) if msg.kind is MessageKind.NOTICE)
+    held = {r.id for r in store.list_advisories()}
+    new, mine = held - earlier, {mail.advisory_id for mail in mails}
+    notices = {
+        i: sum(1 for msg in store.messages(i) if msg.kind is MessageKind.NOTICE) for i in new
+    }
+    replies = [r.advisory_id for r in store.find_messages(kinds=[MessageKind.REPLY])]
+    replied = _counts(replies, new)
+    lost = max(len(mine - new), m - accepted)
+    complete = all(notices[i] == ORGS and replied[i] == 1 for i in new)
     print(
-        f"  check: {accepted} of {m} replies were 250"
+        f"  check after run {k}: {accepted} of {m} replies were 250"
         + (f" (others: {others})" if others else "")
-        + f"; the store holds {len(stored)} new advisories ({len(stored & expected)} of the "
-        f"{m} sent, {len(stored - expected)} unexpected), {notices} notices and "
-        f"{len(replies)} replies queued (not sent: the dispatcher is not ticked); "
-        f"{len(pokes) - 1} dispatcher wake-ups"
+        + f"; the store holds {len(new)} new advisories ({len(new & mine)} of the "
+        f"{m} sent, {len(new - mine)} unexpected), {len(held)} in all "
+        f"({'as expected' if held == expected else f'{len(expected)} EXPECTED'}), "
+        f"{sum(notices.values())} notices and {sum(replied.values())} replies queued for "
+        f"the new ones (not sent: the dispatcher is not ticked)"
+        + ("" if complete else f" (NOT {ORGS} notices and 1 reply each)")
+        + f"; {wakeups} dispatcher wake-ups"
     )
+    return lost, lost == 0 and accepted == m and held == expected and complete
 
-    rate, rate_gpg, rate_floor = m / elapsed, m / baseline, m / floor
-    good = lost == 0 and accepted == m and stored == expected
 
-    def add(what: str, value: str, target: str = "", met: bool | None = None) -> None:
-        report.add("intake", None, what, value, target, met)
+def _counts(values: Sequence[str | None], keys: set[str]) -> dict[str, int]:
+    counts = dict.fromkeys(keys, 0)
+    for v in values:
+        if v in counts:
+            counts[v] += 1
+    return counts
 
-    def per(total: float) -> str:
-        return ms(total / m)
 
-    add(
-        f"maild: {m} submissions, {clients} clients, first connect -> last 250"
-        + (", PROFILED" if profile else ""),
-        ms(elapsed),
-    )
-    add("maild accepted submissions per second", f"{rate:.1f}/s")
-    add(f"gpg --decrypt loop, serial (median of {BASELINE_RUNS})", f"{rate_gpg:.1f}/s")
-    add("  maild wall time per submission", per(elapsed))
-    add("  gpg --decrypt wall time per message", per(baseline))
-    add(
-        "ratio gpg rate / maild rate",
-        ratio(rate_gpg / rate),
-        f"target <= {TARGET}x",
-        rate_gpg / rate <= TARGET,
-    )
-    add("submissions lost (not 250, or not stored)", str(max(lost, m - accepted)), "target 0", good)
-    add(f"floor: SMTP only, intake answers 250 (median of {BASELINE_RUNS})", f"{rate_floor:.1f}/s")
-    add("  floor wall time per message", per(floor))
-    add(
-        f"  Intake.receive, mean latency ({spans.calls}, overlapping)",
-        ms(spans.total / max(spans.calls, 1)),
-    )
-    add("maild per submission, on the 2 gpg threads (wall):", "")
-    add("  Keyring.decrypt_signed (gpg: decrypt, verify)", per(timers["decrypt"].total))
-    seals = timers["seal"].calls
-    add(
-        f"  Keyring.encrypt (gpg: seal to the identity key; {seals} of {m} submissions)",
-        per(timers["seal"].total),
-    )
-    add("maild per submission, on the event loop's thread (wall):", "")
-    mime_calls = parses.calls + inner.calls
-    add(f"  MIME parsing ({mime_calls / m:g} per submission)", per(parses.total + inner.total))
-    add(
-        f"  the intake transactions ({transactions.calls} group commits, BEGIN..COMMIT)",
-        per(transactions.total),
-    )
-    add("    Intake._act: desk.submit and the reply text", per(timers["act"].total))
-    add("      list_advisories (desk's default id)", per(timers["list"].total))
-    add(f"      notice_rows ({ORGS} notices, key health)", per(rows.total))
-    add(f"      store.add_advisory ({ORGS + 1} rows + event)", per(timers["add"].total))
-    add("      store.messages (the notices, read back for the reply)", per(timers["read"].total))
-    add("      replies.submitted (the reply's text)", per(texts.total))
-    parts = ("list", "add", "read")
-    rest = timers["act"].total - sum(timers[k].total for k in parts) - rows.total - texts.total
-    add("      the rest (parse, plan, desk, bundle, ...)", per(rest))
-    add(
-        "    outside _act: replay check, reply row, savepoints, COMMIT (fsync in a thread)",
-        per(transactions.total - timers["act"].total),
-    )
-    cpu_maild = (cpu_loop + cpu_threads + cpu_children + cpu_agent) / m
-    cpu_baseline = gpg_cpu_per_decrypt + agent_per_decrypt
-    add("maild CPU per submission, in all", ms(cpu_maild))
-    add("  event loop's thread", per(cpu_loop))
-    add("    of which SMTP, clients and listener (floor's loop)", per(floor_cpu))
-    add("  other threads of the process (pool, python-gnupg)", per(cpu_threads))
-    add(f"  gpg processes ({(m + seals) / m:g} per submission)", per(cpu_children))
-    add("  gpg-agent", per(cpu_agent))
-    add("baseline CPU per message (gpg + gpg-agent)", ms(cpu_baseline))
-    add("ratio of CPU per message, maild / baseline", ratio(cpu_maild / cpu_baseline))
+def _measure(
+    loop: asyncio.AbstractEventLoop,
+    world: World,
+    intake: Intake,
+    config: ListenerConfig,
+    port: int,
+    warmup: Mail,
+    runs: Sequence[Sequence[Mail]],
+    report: Report,
+    pokes: list[None],
+    *,
+    profile: bool,
+) -> None:
+    """MAILD_RUNS maild runs (each its own submissions), interleaved with BASELINE_RUNS
+    runs of the gpg loop and of the floor (one before the first maild run, one after
+    each), so that load on the machine hits both alike. The baseline and the floor
+    always take the first run's messages (the same work each time). The rates are
+    medians; the breakdown is that of the median maild run."""
+    m, member = len(runs[0]), world.keys.member
+    clients = min(CLIENTS, m)
+    store = world.store_setup().store
+    _decrypt_loop(world, [warmup], member)  # gpg's and the agent's caches, as for maild
+    baselines: list[tuple[float, float]] = []
+    floors: list[tuple[float, float]] = []
+
+    def baseline_and_floor(k: int) -> None:
+        print(
+            f"  baseline: `gpg --decrypt` of the first run's {m} messages, one after another; "
+            f"floor: the same clients and messages, an intake answering 250 at once "
+            f"(run {k} of {BASELINE_RUNS})"
+        )
+        baselines.append(_baseline(world, runs[0], member))
+        floors.append(loop.run_until_complete(_floor(config, runs[0], clients)))
+
+    baseline_and_floor(1)
+    print("  maild: one warm-up submission (not counted)")
+    _, sent = loop.run_until_complete(_submit_all(port, [warmup], 1))
+    assert sent.codes == [250], f"the warm-up got {sent.codes}"
+    expected = {warmup.advisory_id}
+    held = {r.id for r in store.list_advisories()}
+    assert held == expected, f"expected only the warm-up, found {held}"
+
+    profiler = cProfile.Profile() if profile else None
+    done: list[_MaildRun] = []
+    lost, good = 0, True
+    for k, mails in enumerate(runs, 1):
+        profiled = profiler is not None and k == 1
+        print(
+            f"  maild: {m} submissions from {clients} concurrent clients "
+            f"(one connection each) (run {k} of {MAILD_RUNS})" + (" (profiled)" if profiled else "")
+        )
+        wakeups = len(pokes)
+        done.append(
+            _maild_run(loop, world, intake, port, mails, clients, profiler if profiled else None)
+        )
+        earlier = set(expected)
+        expected |= {mail.advisory_id for mail in mails}
+        run_lost, run_good = _check(
+            world, expected, earlier, mails, done[-1].sent, len(pokes) - wakeups, k
+        )
+        lost, good = lost + run_lost, good and run_good
+        baseline_and_floor(k + 1)
+        r = done[-1]
+        print(
+            f"    run {k}: maild {m / r.elapsed:.1f}/s (CPU per submission "
+            f"{ms((r.cpu_loop + r.cpu_threads + r.cpu_children + r.cpu_agent) / m)}, the "
+            f"loop's thread {ms(r.cpu_loop / m)}, transactions {ms(r.transactions.total / m)}); "
+            f"the gpg loop after it {m / baselines[-1][0]:.1f}/s, "
+            f"the floor {m / floors[-1][0]:.1f}/s"
+        )
+    assert len(baselines) == BASELINE_RUNS, f"{len(baselines)} baseline runs"
+
+    _report(report, m, clients, done, baselines, floors, lost, good, profile=profile)
     print(
         "  note: maild runs gpg on 2 threads (one gpg process per submission to decrypt and\n"
         "  verify; the ciphertext, cut down to maild's session key, is stored as the sealed\n"
@@ -619,6 +679,99 @@ def _measure(
     )
     if profiler is not None:
         _print_profile(profiler)
+
+
+def _report(
+    report: Report,
+    m: int,
+    clients: int,
+    done: Sequence[_MaildRun],
+    baselines: Sequence[tuple[float, float]],
+    floors: Sequence[tuple[float, float]],
+    lost: int,
+    good: bool,
+    *,
+    profile: bool,
+) -> None:
+    """The rows: rates are medians over the runs (each of `m` submissions), the
+    breakdown is that of the median maild run."""
+    elapsed = median([r.elapsed for r in done])
+    mid = sorted(done, key=lambda r: r.elapsed)[len(done) // 2]
+    print(f"    median run: run {list(done).index(mid) + 1} of {MAILD_RUNS}")
+    baseline = median([b[0] for b in baselines])
+    cpu_baseline = median([b[1] for b in baselines])
+    floor = median([f[0] for f in floors])
+    floor_cpu = median([f[1] for f in floors])
+    rate, rate_gpg, rate_floor = m / elapsed, m / baseline, m / floor
+    of_maild, of_base = f"median of {MAILD_RUNS}", f"median of {BASELINE_RUNS}"
+    timers = mid.timers
+
+    def add(what: str, value: str, target: str = "", met: bool | None = None) -> None:
+        report.add("intake", None, what, value, target, met)
+
+    def per(total: float) -> str:
+        return ms(total / m)
+
+    add(
+        f"maild: {m} submissions, {clients} clients, first connect -> last 250 ({of_maild})"
+        + (", run 1 PROFILED" if profile else ""),
+        ms(elapsed),
+    )
+    add(f"maild accepted submissions per second ({of_maild})", f"{rate:.1f}/s")
+    add(f"gpg --decrypt loop, serial ({of_base})", f"{rate_gpg:.1f}/s")
+    add("  maild wall time per submission", per(elapsed))
+    add("  gpg --decrypt wall time per message", per(baseline))
+    add(
+        "ratio gpg rate / maild rate",
+        ratio(rate_gpg / rate),
+        f"target <= {TARGET}x",
+        rate_gpg / rate <= TARGET,
+    )
+    add("submissions lost (not 250, or not stored)", str(lost), "target 0", good)
+    add(f"floor: SMTP only, intake answers 250 ({of_base})", f"{rate_floor:.1f}/s")
+    add("  floor wall time per message", per(floor))
+    add(
+        f"  Intake.receive, mean latency ({mid.spans.calls}, overlapping), of the median run",
+        ms(mid.spans.total / max(mid.spans.calls, 1)),
+    )
+    add("maild per submission, on the 2 gpg threads (wall), of the median run:", "")
+    add("  Keyring.decrypt_signed (gpg: decrypt, verify)", per(timers["decrypt"].total))
+    seals = timers["seal"].calls
+    add(
+        f"  Keyring.encrypt (gpg: seal to the identity key; {seals} of {m} submissions)",
+        per(timers["seal"].total),
+    )
+    add("maild per submission, on the event loop's thread (wall), of the median run:", "")
+    parses, inner, transactions = mid.parses, mid.inner, mid.transactions
+    mime_calls = parses.calls + inner.calls
+    add(f"  MIME parsing ({mime_calls / m:g} per submission)", per(parses.total + inner.total))
+    add(
+        f"  the intake transactions ({transactions.calls} group commits, BEGIN..COMMIT)",
+        per(transactions.total),
+    )
+    add("    Intake._act: desk.submit and the reply text", per(timers["act"].total))
+    add("      list_advisories (desk's default id)", per(timers["list"].total))
+    add(f"      notice_rows ({ORGS} notices, key health)", per(mid.rows.total))
+    add(f"      store.add_advisory ({ORGS + 1} rows + event)", per(timers["add"].total))
+    add("      store.messages (the notices, read back for the reply)", per(timers["read"].total))
+    add("      replies.submitted (the reply's text)", per(mid.texts.total))
+    parts = ("list", "add", "read")
+    rest = timers["act"].total - sum(timers[k].total for k in parts)
+    rest -= mid.rows.total + mid.texts.total
+    add("      the rest (parse, plan, desk, bundle, ...)", per(rest))
+    add(
+        "    outside _act: replay check, reply row, savepoints, COMMIT (fsync in a thread)",
+        per(transactions.total - timers["act"].total),
+    )
+    cpu_maild = (mid.cpu_loop + mid.cpu_threads + mid.cpu_children + mid.cpu_agent) / m
+    add("maild CPU per submission, in all, of the median run", ms(cpu_maild))
+    add("  event loop's thread", per(mid.cpu_loop))
+    add(f"    of which SMTP, clients and listener (floor's loop, {of_base})", per(floor_cpu))
+    add("  other threads of the process (pool, python-gnupg)", per(mid.cpu_threads))
+    add(f"  gpg processes ({(m + seals) / m:g} per submission)", per(mid.cpu_children))
+    add("  gpg-agent", per(mid.cpu_agent))
+    add(f"baseline CPU per message (gpg + gpg-agent, {of_base})", ms(cpu_baseline))
+    add("ratio of CPU per message, maild / baseline", ratio(cpu_maild / cpu_baseline))
 
 
 def _agent_cpu(home: Path) -> float:
@@ -646,7 +799,7 @@ def _children_cpu() -> float:
 
 
 def _print_profile(profiler: cProfile.Profile) -> None:
-    print("    profile of the event loop's thread during the submissions, top 25 by own time:")
+    print("    profile of the event loop's thread during run 1's submissions, top 25 by own time:")
     stats = pstats.Stats(profiler)
     stats.sort_stats("tottime").print_stats(25)
     print("    ... and maild's own functions by cumulative time (the clients share the loop):")
