@@ -78,6 +78,16 @@ def median(values: Sequence[float]) -> float:
     return statistics.median(values)
 
 
+def paired_ratio(measured: Sequence[float], around: Sequence[float]) -> float:
+    """The median, over interleaved runs, of each measured run against the mean of
+    the baseline runs on either side of it (run k between around[k] and
+    around[k + 1]). Runs next to each other share the load of the moment, which on
+    a shared machine drifts by tens of percent within a minute: a pair of medians
+    taken apart would compare a quiet moment of one with a loaded one of the other."""
+    assert len(around) == len(measured) + 1, "one baseline run before each, one after"
+    return median([m / ((around[k] + around[k + 1]) / 2) for k, m in enumerate(measured)])
+
+
 def ms(seconds: float) -> str:
     return f"{seconds * 1000:.1f} ms"
 

@@ -35,7 +35,7 @@ from typing import Any
 
 import aiosmtplib
 
-from bench.common import Report, Timer, median, ms, ratio
+from bench.common import Report, Timer, median, ms, paired_ratio, ratio
 from bench.world import KeyPool, World, short_tmp
 from maild.adapters.gpg import Keyring
 from maild.adapters.sink import start_sink
@@ -721,12 +721,14 @@ def _report(
     add(f"gpg --decrypt loop, serial ({of_base})", f"{rate_gpg:.1f}/s")
     add("  maild wall time per submission", per(elapsed))
     add("  gpg --decrypt wall time per message", per(baseline))
+    paired = paired_ratio([r.elapsed for r in done], [b[0] for b in baselines])
     add(
-        "ratio gpg rate / maild rate",
-        ratio(rate_gpg / rate),
+        "ratio gpg rate / maild rate (median of each run against the gpg loops around it)",
+        ratio(paired),
         f"target <= {TARGET}x",
-        rate_gpg / rate <= TARGET,
+        paired <= TARGET,
     )
+    add("  ratio of the medians above", ratio(rate_gpg / rate))
     add("submissions lost (not 250, or not stored)", str(lost), "target 0", good)
     add(f"floor: SMTP only, intake answers 250 ({of_base})", f"{rate_floor:.1f}/s")
     add("  floor wall time per message", per(floor))
