@@ -5,17 +5,20 @@ DSN envelope id or acknowledgement token, and replay refusal."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from maild.adapters.store import SqliteStore
 from maild.domain.models import AdvisoryState, MessageKind, MessageRecord, MessageState
+from maild.service import daemon
 from maild.service.groupcommit import GroupCommit
 from maild.service.intake import Refused
-from maild.service.ports import StoreError, TransactionLost
+from maild.service.ports import StoreBroken, StoreError, TransactionLost
 from tests.test_store import AnyStore, advisory, event, message
 
 AT = datetime(2026, 12, 1, 16, tzinfo=UTC)
@@ -247,3 +250,104 @@ def test_flushing_a_closed_store_is_a_clear_error(tmp_path: Path) -> None:
     store.close()  # the last connection: SQLite removes the WAL
     with pytest.raises(StoreError, match=r"maild\.db: cannot flush the state database"):
         store.sync()
+
+
+class _FailingWal:
+    """The WAL's flush failing as a dying disk's does (EIO)."""
+
+    def sync(self) -> None:
+        raise OSError(5, "Input/output error")
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_failed_flush_to_disk_stops_every_later_write(tmp_path: Path) -> None:
+    """After a flush to disk failed, the store refuses every later group
+    commit, flush and pass of the daemon (StoreBroken, naming the database):
+    the operating system reports such an error once, so a later flush could
+    say all is well while the earlier commit is lost."""
+    store = SqliteStore.open(tmp_path / "maild.db")
+    try:
+        with store.unsynced():
+            store.add_messages(None, [reply(1)])
+        store._wal = _FailingWal()  # type: ignore[assignment]
+        with pytest.raises(StoreBroken, match=r"maild\.db: cannot flush .*Input/output"):
+            store.sync()
+        store._wal = SqliteStore.open(tmp_path / "other.db")._wal  # a healthy disk again
+        for refused in (store.sync, store.data_version, lambda: store.unsynced().__enter__()):
+            with pytest.raises(StoreBroken, match="must restart"):
+                refused()
+        assert [m.envid for m in store.find_messages(kinds=[MessageKind.REPLY])] == ["reply-1"]
+    finally:
+        store.close()
+
+
+def test_the_daemon_stops_when_its_store_is_broken() -> None:
+    """A pass that finds the store broken ends the daemon's loop with the
+    error (maild exits non-zero and systemd starts it again), instead of
+    retrying every few seconds as after a full disk."""
+
+    class Broken:
+        store = SimpleNamespace(data_version=lambda: 0)
+        clock = staticmethod(lambda: AT)
+
+        def recover(self) -> int:
+            return 0
+
+        async def tick(self) -> None:
+            raise StoreBroken("maild.db: cannot flush the state database to disk")
+
+    async def main() -> None:
+        await asyncio.wait_for(daemon.serve(Broken(), asyncio.Event()), timeout=10)  # type: ignore[arg-type]
+
+    with pytest.raises(StoreBroken):
+        asyncio.run(main())
+
+
+def test_a_group_commit_stopped_mid_flush_leaves_no_caller_waiting(tmp_path: Path) -> None:
+    """When the loop closes while a batch is being flushed, its callers are
+    answered with an error that says the write may not be kept; none waits
+    for ever and none is told its mail was taken."""
+    store = SqliteStore.open(tmp_path / "maild.db")
+    commits = GroupCommit(store)
+    release = threading.Event()
+    plain_sync = store.sync
+    store.sync = lambda: (release.wait(10), plain_sync())  # type: ignore[method-assign, assignment, func-returns-value]
+
+    async def main() -> list[BaseException | None]:
+        callers = [
+            asyncio.ensure_future(commits.run(lambda n=n: store.add_messages(None, [reply(n)])))  # type: ignore[misc]
+            for n in (1, 2)
+        ]
+        while commits._writer is None or commits.batches == 0:
+            await asyncio.sleep(0)
+        commits._writer.cancel()
+        release.set()
+        return await asyncio.wait_for(asyncio.gather(*callers, return_exceptions=True), 10)
+
+    try:
+        outcomes = asyncio.run(main())
+        assert all(isinstance(o, StoreError) and "before its flush" in str(o) for o in outcomes)
+    finally:
+        store.close()
+
+
+def test_a_symlinked_database_is_flushed_where_sqlite_writes_it(tmp_path: Path) -> None:
+    """A state database reached through a symlink (a data volume mounted
+    elsewhere) takes group commits: the flush finds the write-ahead log
+    beside the real file, where SQLite keeps it."""
+    real = tmp_path / "volume" / "maild.db"
+    store = SqliteStore.open(real)
+    store.close()
+    link = tmp_path / "state" / "maild.db"
+    link.parent.mkdir()
+    link.symlink_to(real)
+    store = SqliteStore.open(link)
+    commits = GroupCommit(store)
+    try:
+        asyncio.run(commits.run(lambda: store.add_messages(None, [reply(1)])))
+        assert (tmp_path / "volume" / "maild.db-wal").exists()
+        assert not (tmp_path / "state" / "maild.db-wal").exists()
+    finally:
+        store.close()

@@ -39,7 +39,7 @@ from maild.domain.models import (
     message_order,
 )
 from maild.domain.policy import Category, Plan, PolicyInput, Severity
-from maild.service.ports import Conflict, StoreError, TransactionLost
+from maild.service.ports import Conflict, StoreBroken, StoreError, TransactionLost
 
 Row = dict[str, Any]
 
@@ -600,8 +600,9 @@ class SqliteStore:
         self._conn = conn
         self.path = path
         self._advisory_writes = 0  # add_advisory and update_advisory on this connection
-        self._wal = _WalFile(path.with_name(path.name + "-wal"))
         conn.row_factory = _dict_row
+        self._wal = _WalFile(_wal_path(conn, path))
+        self._broken: str | None = None  # set when a flush to disk failed
 
     @classmethod
     def open(cls, path: Path) -> SqliteStore:
@@ -717,9 +718,11 @@ class SqliteStore:
         commit there is then as durable as with `synchronous=FULL`, which is
         exactly that fsync after each commit. Inside a transaction this
         changes nothing: the outer block's commit decides."""
+        if self._broken is not None:
+            raise StoreBroken(self._broken)
         if self._conn.in_transaction:
-            yield
-            return
+            # Its commit is the outer block's, which the caller cannot flush.
+            raise StoreError(f"{self.path}: an unsynced block inside a transaction")
         self._pragma("PRAGMA synchronous = NORMAL")
         try:
             yield
@@ -727,12 +730,18 @@ class SqliteStore:
             self._pragma("PRAGMA synchronous = FULL")
 
     def sync(self) -> None:
+        if self._broken is not None:
+            raise StoreBroken(self._broken)
         try:
             self._wal.sync()
         except OSError as exc:
-            raise StoreError(
-                f"{self.path}: cannot flush the state database to disk: {exc}"
-            ) from exc
+            # The commit is visible already, and the error is reported once: a
+            # later flush could say all is well with this one lost. Stop here.
+            self._broken = (
+                f"{self.path}: cannot flush the state database to disk ({exc}); "
+                "maild must restart so SQLite recovers what is on disk"
+            )
+            raise StoreBroken(self._broken) from exc
 
     def _pragma(self, sql: str) -> None:
         try:
@@ -863,7 +872,10 @@ class SqliteStore:
 
     def data_version(self) -> int:
         """Changes whenever another connection commits (the CLI), and whenever
-        this one adds or changes an advisory (mail intake)."""
+        this one adds or changes an advisory (mail intake). StoreBroken once
+        a flush to disk failed (the daemon asks every pass, so it stops)."""
+        if self._broken is not None:
+            raise StoreBroken(self._broken)
         (version,) = self._conn.execute("PRAGMA data_version").fetchone().values()
         return int(version) + self._advisory_writes
 
@@ -893,8 +905,11 @@ class SqliteStore:
         # back can wait on the threads that run gpg.
         row_marks = "(" + ", ".join("?" for _ in MESSAGE_COLUMNS) + ")"
         names = ", ".join(MESSAGE_COLUMNS)
-        for start in range(0, len(message_rows), _ROWS_PER_INSERT):
-            rows = message_rows[start : start + _ROWS_PER_INSERT]
+        # As many rows as this SQLite allows parameters (999 before 3.32).
+        limit = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // len(MESSAGE_COLUMNS)
+        per_insert = max(1, min(_ROWS_PER_INSERT, limit))
+        for start in range(0, len(message_rows), per_insert):
+            rows = message_rows[start : start + per_insert]
             conn.execute(
                 f"INSERT INTO messages ({names}) VALUES {', '.join([row_marks] * len(rows))}",
                 [value for row in rows for value in row],
@@ -948,8 +963,7 @@ def _dict_row(cursor: sqlite3.Cursor, values: tuple[Any, ...]) -> Row:
     return {d[0]: v for d, v in zip(cursor.description, values, strict=True)}
 
 
-# Rows per INSERT statement: 22 columns each stays far below SQLite's limit
-# of 32,766 parameters per statement.
+# Rows per INSERT statement at most (fewer where SQLite allows fewer parameters).
 _ROWS_PER_INSERT = 500
 
 
@@ -1020,6 +1034,15 @@ def _savepoint(conn: sqlite3.Connection, path: Path) -> Iterator[None]:
         conn.execute("RELEASE atomic")
     except sqlite3.Error as exc:
         raise lost() from exc
+
+
+def _wal_path(conn: sqlite3.Connection, path: Path) -> Path:
+    """The WAL file of the database SQLite really opened (a symlinked database
+    has its WAL beside the file the link points to, not beside the link)."""
+    for row in conn.execute("PRAGMA database_list").fetchall():
+        if row["name"] == "main" and row["file"]:
+            return Path(str(row["file"]) + "-wal")
+    return path.with_name(path.name + "-wal")
 
 
 class _WalFile:

@@ -33,7 +33,7 @@ from maild.service.compose import Composer
 from maild.service.dispatch import Dispatcher, Member
 from maild.service.embargo import UserError
 from maild.service.intake import Intake
-from maild.service.ports import StoreError
+from maild.service.ports import StoreBroken, StoreError
 from maild.service.setup import Setup
 from maild.service.status import queue_size, tick_status
 
@@ -189,6 +189,9 @@ async def serve(
                 dispatcher.recover()
             next_at = await dispatcher.tick()
             failed = False
+        except StoreBroken as exc:
+            log.critical("store-broken", error=str(exc))
+            raise  # maild exits (systemd restarts it); SQLite recovers what is on disk
         except (StoreError, OSError) as exc:
             # A full disk, say: the queue is safe in the store, so keep going
             # and try again soon (exiting would only restart into the same wall).

@@ -23,7 +23,7 @@ import asyncio
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
-from maild.service.ports import Store, TransactionLost
+from maild.service.ports import Store, StoreError, TransactionLost
 
 T = TypeVar("T")
 In = TypeVar("In")
@@ -58,6 +58,7 @@ class Batches(Generic[In, Out]):
 
     async def _write(self) -> None:
         loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[Out]] = []
         try:
             await asyncio.sleep(0)  # let the writes that are ready now join this batch
             while self._pending:
@@ -81,6 +82,15 @@ class Batches(Generic[In, Out]):
                         future.set_result(answer)
         finally:
             self._writer = None
+            # Cancelled (the loop is closing) or failed unexpectedly: nobody
+            # waits for ever, and nobody is told that a write was kept.
+            stranded = [f for f in futures if not f.done()]
+            stranded += [f for _, f in self._pending if not f.done()]
+            self._pending = []
+            for future in stranded:
+                future.set_exception(
+                    StoreError("the group commit stopped before its flush to disk")
+                )
 
     def _commit(self, items: Sequence[In]) -> Sequence[Out | BaseException]:
         """One transaction for the batch, committed without its fsync."""

@@ -29,6 +29,13 @@ class TransactionLost(StoreError):
     nothing of it was written, and nothing inside it can go on."""
 
 
+class StoreBroken(StoreError):
+    """A flush to disk failed after a commit was made visible: what is on disk
+    may now lack it (and the operating system reports such an error only
+    once), so this process must not write again. maild exits, and SQLite
+    recovers from what is really on disk at the next start."""
+
+
 class Conflict(StoreError):
     """The id already exists, or the record changed since it was read."""
 
@@ -88,7 +95,8 @@ class Store(Protocol):
 
     def sync(self) -> None:
         """Flush every commit made so far to disk. Safe to call from any
-        thread: it touches no connection; StoreError if it cannot."""
+        thread: it touches no connection. StoreBroken if it cannot, and from
+        then on for every unsynced block, sync and data_version."""
         ...
 
     def find_messages(
