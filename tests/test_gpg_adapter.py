@@ -645,6 +645,18 @@ def test_only_for_gives_the_packets_of_a_message_for_that_key_alone(pair: Keys) 
     assert pair.daemon.only_for(armored, pair.identity[-16:]) is None
 
 
+def test_only_for_keeps_only_the_session_key_gpg_opened_the_mail_with(pair: Keys) -> None:
+    """decrypt_signed_by names the key gpg opened a message with (the identity's
+    encryption subkey); only_for keeps the message's session key for the identity
+    only when that is the key named, so what is stored opens as the mail did."""
+    armored = to_identity(pair)
+    _, _, opened = pair.daemon.decrypt_signed_by(armored)
+    assert opened == identity_subkey(pair)
+    kept = pair.daemon.only_for(armored, pair.identity, opened_with=opened)
+    assert kept == gpg_in(pair.org_a, ["--dearmor"], armored)
+    assert pair.daemon.only_for(armored, pair.identity, opened_with="0" * 16) is None
+
+
 UNSIGNED = ["--skip-verify", "--decrypt"]  # Org B's ring lacks Org A's key
 
 

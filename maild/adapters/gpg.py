@@ -796,7 +796,9 @@ class Keyring:
             raise GpgError(f"gpg failed to decrypt: {outcome.reason()}")
         return outcome.output
 
-    def only_for(self, armored: bytes, fingerprint: str) -> bytes | None:
+    def only_for(
+        self, armored: bytes, fingerprint: str, *, opened_with: str | None = None
+    ) -> bytes | None:
         """The binary packets of an ASCII-armored OpenPGP message, cut down to what only
         the key `fingerprint` can open, else None.
 
@@ -821,6 +823,11 @@ class Keyring:
         a passphrase's it cannot use in batch mode. So two for `fingerprint`, or a hidden
         recipient's ahead of its own, are None.
 
+        `opened_with`: the key id gpg says it opened the message with
+        (decrypt_signed_by); when given, the kept session key must be for that key, so
+        a stored message always opens as it did (whatever other secret keys the
+        keyring holds, or however a later gpg orders its tries).
+
         Nothing is decrypted, no gpg runs (unless the key's listing is not cached yet),
         and nothing is raised: any doubt is None.
         """
@@ -836,6 +843,8 @@ class Keyring:
         if len(mine) != 1 or any(key.keyid == _HIDDEN for key in keys[: mine[0]]):
             return None
         kept = keys[mine[0]]
+        if opened_with is not None and kept.keyid != opened_with.upper():
+            return None
         if len(keys) == 1:
             return packets  # nothing to drop
         return packets[kept.start : kept.end] + packets[data:]
@@ -925,6 +934,13 @@ class Keyring:
         A plaintext over 64 MiB (_MAX_PLAINTEXT) is a GpgError: gpg stops writing there,
         so a compression bomb is never expanded in memory.
         """
+        plaintext, signature, _ = self.decrypt_signed_by(data)
+        return plaintext, signature
+
+    def decrypt_signed_by(self, data: bytes) -> tuple[bytes, Signature | None, str | None]:
+        """As decrypt_signed, and the key id (16 hex) of the encryption key gpg opened
+        the message's session key with (its DECRYPTION_KEY status line), or None when
+        gpg did not name exactly one, or failed to open another session key first."""
         outcome = self._gpg_io(
             ["--trust-model", "always", "--max-output", str(_MAX_PLAINTEXT), "--decrypt"], data
         )
@@ -936,7 +952,11 @@ class Keyring:
             raise GpgError("refused: the message is not public-key encrypted")
         if not decrypted or (outcome.returncode != 0 and not explained):
             raise GpgError(f"gpg failed to decrypt: {outcome.reason()}")
-        return outcome.output, _signature_of(outcome)
+        used = outcome.lines("DECRYPTION_KEY")
+        failed = any(args[:1] == ("pkdecrypt_failed",) for args in outcome.lines("ERROR"))
+        key = used[0][0] if len(used) == 1 and used[0] and not failed else None
+        opened = _normalise_fpr(key) if key else None
+        return outcome.output, _signature_of(outcome), opened[-16:] if opened else None
 
     def verify_detached(self, data: bytes, signature: bytes) -> str | None:
         """Primary fingerprint of the key whose valid detached signature covers `data`."""

@@ -126,7 +126,9 @@ def build_intake(
         members={m.fingerprint: m.address for m in dispatcher.members},
         mail_domain=dispatcher.mail_domain,
         seal=lambda data: setup.keyring.encrypt(data, identity, clock()),
-        sealable=lambda armored: setup.keyring.only_for(armored, identity),
+        sealable=lambda armored, opened: setup.keyring.only_for(
+            armored, identity, opened_with=opened
+        ),
         clock=clock,
         pool=pool,
         approvals=cfg.intake.approvals,

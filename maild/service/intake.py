@@ -102,7 +102,8 @@ class Intake:
     # The binary packets of an armored ciphertext cut down to the identity key's
     # session key alone (Keyring.only_for), else None: a mailed advisory in such a
     # ciphertext is stored that way (maild.service.membermail), not sealed again.
-    sealable: Callable[[bytes], bytes | None] = lambda armored: None
+    # The key id gpg opened it with is passed along (see Keyring.only_for).
+    sealable: Callable[[bytes, str | None], bytes | None] = lambda armored, opened: None
     # A line when maild's disk is (nearly) full, else None: gpg then fails in
     # ways that look like a bad message, so nothing is refused for good.
     full_disk: Callable[[], str | None] = lambda: None
@@ -181,8 +182,10 @@ class Intake:
     def _decrypt(self, ciphertext: bytes) -> tuple[bytes, Signature | None, bytes | None]:
         """Decrypt and verify (in the pool), and find whether the ciphertext
         itself may be kept as an advisory's sealed form."""
-        plaintext, found = self.keyring.decrypt_signed(ciphertext)
-        return plaintext, found, self.sealable(ciphertext)
+        plaintext, found, opened = self.keyring.decrypt_signed_by(ciphertext)
+        if opened is None:  # gpg did not say which key: keep nothing, seal
+            return plaintext, found, None
+        return plaintext, found, self.sealable(ciphertext, opened)
 
     def _signed_only(self, found: Signature | None, part: Entity | None, text: str = "") -> str:
         """Signed but not encrypted: only an acknowledgement may be."""
