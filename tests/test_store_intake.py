@@ -351,3 +351,17 @@ def test_a_symlinked_database_is_flushed_where_sqlite_writes_it(tmp_path: Path) 
         assert not (tmp_path / "state" / "maild.db-wal").exists()
     finally:
         store.close()
+
+
+def test_an_unsynced_block_inside_a_transaction_is_refused(store: AnyStore) -> None:
+    """A group commit's block may not run inside another transaction: its
+    commit would be the outer block's, flushed (or not) after its callers
+    were told it is on disk. Both stores refuse it and write nothing."""
+    with pytest.raises(StoreError, match="inside a transaction"), store.atomic():
+        store.add_messages(None, [reply(1)])
+        with store.unsynced():
+            store.add_messages(None, [reply(2)])
+    assert store.find_messages(kinds=[MessageKind.REPLY]) == []
+    with store.unsynced():
+        store.add_messages(None, [reply(3)])
+    assert [m.envid for m in store.find_messages(kinds=[MessageKind.REPLY])] == ["reply-3"]

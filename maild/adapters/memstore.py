@@ -63,6 +63,7 @@ class MemoryStore:
         self._meta: dict[str, Row] = {}
         self._advisory_writes = 0
         self._closed = False
+        self._depth = 0  # atomic blocks open
 
     def add_advisory(
         self, record: AdvisoryRecord, messages: Sequence[MessageRecord], event: NewEvent
@@ -133,6 +134,7 @@ class MemoryStore:
     def atomic(self) -> Iterator[None]:
         """Every write inside the block is kept together, or none is."""
         self._check_open()
+        self._depth += 1
         saved = copy.copy(self.__dict__)
         saved = {k: copy.copy(v) for k, v in saved.items()}
         try:
@@ -140,11 +142,15 @@ class MemoryStore:
         except BaseException:
             self.__dict__.update(saved)
             raise
+        finally:
+            self._depth -= 1
 
     @contextmanager
     def unsynced(self) -> Iterator[None]:
-        """Nothing to flush in memory."""
+        """Nothing to flush in memory; refused inside an atomic block, as on SQLite."""
         self._check_open()
+        if self._depth:
+            raise StoreError("an unsynced block inside a transaction")
         yield
 
     def sync(self) -> None:

@@ -90,7 +90,9 @@ class Store(Protocol):
         """A block whose commits are written but not yet flushed to disk: they
         are visible at once, and durable only after `sync()`. For group
         commit, where the flush runs in a thread while the event loop goes on;
-        nobody may be told of (or act on) such a commit before `sync()`."""
+        nobody may be told of (or act on) such a commit before `sync()`.
+        Refused (StoreError) inside an atomic block, whose commit is not the
+        caller's to flush."""
         ...
 
     def sync(self) -> None:
