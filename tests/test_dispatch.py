@@ -20,6 +20,7 @@ import pytest
 from maild import config as configuration
 from maild.adapters.gpg import GpgError, Keyring
 from maild.adapters.sink import RunningSink, start_sink
+from maild.adapters.smtp_out import Envelope, SendResult
 from maild.domain.models import MessageKind, MessageState
 from maild.service import dispatch
 from maild.service.clock import ManualClock
@@ -209,6 +210,43 @@ def test_receipts_hold_the_smarthost_queue_id(harness: Harness) -> None:
     for m in accepted:
         assert m.smtp_code == 250 and m.attempts == 1 and m.sent_at == NOTICE
         assert any(q in (m.smtp_response or "") for q in queue_ids)
+
+
+def test_no_message_goes_on_the_wire_before_its_claim_is_on_disk(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each message is `sending` in the database, flushed to disk, before its
+    SMTP transaction starts (so a crash, even of the machine, after it went
+    out finds it `sending` and resends it flagged as a possible duplicate),
+    and its outcome is flushed before the release ends."""
+    store = harness.setup.store
+    flushed: list[set[str]] = []  # at each flush: the envids then `sending`
+    real_sync = store.sync
+
+    def sync() -> None:
+        real_sync()
+        found = store.find_messages(states=[MessageState.SENDING])
+        flushed.append({m.envid for m in found})
+
+    monkeypatch.setattr(store, "sync", sync)
+    smarthost = harness.dispatcher.smarthost
+    real_send = smarthost.send
+    on_the_wire: list[str] = []
+
+    async def send(envelope: Envelope) -> SendResult:
+        assert flushed and envelope.envid in flushed[-1], "sent before its claim was flushed"
+        on_the_wire.append(envelope.envid or "")
+        return await real_send(envelope)
+
+    monkeypatch.setattr(smarthost, "send", send)
+    harness.tick()
+    harness.clock.now = NOTICE
+    flushed.clear()
+    harness.tick()
+    assert len(on_the_wire) == 3
+    assert flushed[-1] == set()  # the last outcome is on disk: nothing left `sending`
+    states = {m.envid: m.state for m in harness.messages(the_id(harness))}
+    assert all(states[e] is MessageState.ACCEPTED for e in on_the_wire)
 
 
 def test_a_clock_stepped_back_never_sends_early(harness: Harness) -> None:

@@ -194,12 +194,16 @@ def _flushing_store(path: Path) -> _Flushes:
     return store
 
 
-def test_group_commit_answers_only_after_the_batch_is_flushed_to_disk(tmp_path: Path) -> None:
+@pytest.mark.parametrize("in_thread", [True, False], ids=["flush-in-thread", "flush-on-loop"])
+def test_group_commit_answers_only_after_the_batch_is_flushed_to_disk(
+    tmp_path: Path, in_thread: bool
+) -> None:
     """No caller hears that its write is done (a 250, a claim that lets a
-    message go on the wire) before the batch is flushed to disk; when the
-    flush fails, every caller of the batch gets the error instead."""
+    message go on the wire) before the batch is flushed to disk, whether
+    the flush runs in a thread or on the loop; when the flush fails, every
+    caller of the batch gets the error instead."""
     store = _flushing_store(tmp_path / "maild.db")
-    commits = GroupCommit(store)
+    commits = GroupCommit(store, flush_in_thread=in_thread)
 
     async def caller(n: int) -> None:
         await commits.run(lambda: store.add_messages(None, [reply(n)]))

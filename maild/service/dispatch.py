@@ -94,7 +94,7 @@ class Dispatcher:
     _keywatch: KeyWatch = field(init=False)
 
     def __post_init__(self) -> None:
-        self._receipts = Batches(self.store, self._write_receipts)
+        self._receipts = Batches(self.store, self._write_receipts, flush_in_thread=False)
         self._keywatch = KeyWatch(self.store, self._queue_alert)
 
     async def aclose(self) -> None:
