@@ -7,6 +7,7 @@ import sqlite3
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -49,6 +50,50 @@ def test_receipt_fields_update_in_one_transaction(store: AnyStore) -> None:
     later = replace(second, state=MessageState.DEFERRED, attempts=1, next_attempt_at=AT)
     store.update_messages([sent, later])
     assert store.messages("RSA-2026-0001") == [sent, later]
+
+
+def test_a_release_receipt_keeps_every_field_as_written(store: AnyStore) -> None:
+    """The receipts a release writes (claim, then outcome) read back exactly:
+    the SMTP reply, the retry time in its own zone, the DSN, the duplicate
+    flag; and a receipt that cannot be stored is refused with its message id."""
+    record = advisory()
+    store.add_advisory(record, [message("RSA-2026-0001", 1), message("RSA-2026-0001", 2)], event())
+    first, second = store.messages("RSA-2026-0001")
+    claim = replace(first, state=MessageState.SENDING, attempts=2, possible_duplicate=True)
+    assert store.commit_receipts([], [(claim, record.version)]) == {first.message_id}
+    assert store.messages("RSA-2026-0001")[0] == claim
+    paris = AT.astimezone(ZoneInfo("Europe/Paris"))
+    outcome = replace(
+        claim,
+        state=MessageState.DEFERRED,
+        detail="451 4.3.0 later",
+        smtp_code=451,
+        smtp_response="4.3.0 later",
+        sent_at=AT,
+        dsn="delayed",
+        acked_at=AT,
+        next_attempt_at=paris,
+    )
+    store.commit_receipts([outcome], [])
+    (read, _) = store.messages("RSA-2026-0001")
+    assert read == outcome and read.next_attempt_at.tzinfo == paris.tzinfo
+    naive = replace(second, state=MessageState.SENDING, sent_at=AT.replace(tzinfo=None))
+    with pytest.raises(StoreError, match=second.message_id):
+        store.commit_receipts([], [(naive, record.version)])
+    assert store.messages("RSA-2026-0001")[1] == second
+
+
+def test_an_advisorys_messages_can_be_read_by_state(store: AnyStore) -> None:
+    """The dispatcher reads only the messages that may still be sent when
+    that is all it needs (its next wake-up), in the usual order."""
+    record = advisory()
+    store.add_advisory(record, [message("RSA-2026-0001", n) for n in (1, 2, 3)], event())
+    first, second, third = store.messages("RSA-2026-0001")
+    store.update_messages([replace(second, state=MessageState.ACCEPTED)])
+    queued = store.messages("RSA-2026-0001", [MessageState.QUEUED, MessageState.DEFERRED])
+    assert queued == [first, third]
+    assert store.messages("RSA-2026-0001", [MessageState.FAILED]) == []
+    assert len(store.messages("RSA-2026-0001")) == 3
 
 
 def test_updating_an_unknown_message_writes_nothing(store: AnyStore) -> None:

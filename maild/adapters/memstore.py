@@ -293,9 +293,15 @@ class MemoryStore:
         records = [advisory_from_row(r) for r in self._advisories.values()]
         return sorted(records, key=advisory_order)
 
-    def messages(self, advisory_id: str) -> list[MessageRecord]:
+    def messages(
+        self, advisory_id: str, states: Sequence[MessageState] = ()
+    ) -> list[MessageRecord]:
         self._check_open()
-        rows = [m for m in self._messages if m["advisory_id"] == advisory_id]
+        rows = [
+            m
+            for m in self._messages
+            if m["advisory_id"] == advisory_id and message_matches(m, (), states, None, None, None)
+        ]
         return sorted((message_from_row(r) for r in rows), key=message_order)
 
     def events(self, advisory_id: str | None = None) -> list[Event]:

@@ -403,7 +403,6 @@ _KIND, _STATE, _PURPOSE, _DUPLICATE, _MESSAGE_ID = (
     for name in ("kind", "state", "purpose", "possible_duplicate", "message_id")
 )
 _DATETIMES = tuple((MESSAGE_COLUMNS.index(name), name) for name in DATETIME_MESSAGE_COLUMNS)
-_RECEIPT = tuple(MESSAGE_COLUMNS.index(name) for name in (*MUTABLE_MESSAGE_COLUMNS, "message_id"))
 
 
 def message_values(m: MessageRecord) -> tuple[object, ...]:
@@ -421,11 +420,27 @@ def message_values(m: MessageRecord) -> tuple[object, ...]:
     return tuple(values)
 
 
+_receipt_fields = operator.attrgetter(*MUTABLE_MESSAGE_COLUMNS, "message_id")
+_R_STATE, _R_DUPLICATE = (MUTABLE_MESSAGE_COLUMNS.index(n) for n in ("state", "possible_duplicate"))
+_R_DATETIMES = tuple(
+    (MUTABLE_MESSAGE_COLUMNS.index(name), name)
+    for name in DATETIME_MESSAGE_COLUMNS
+    if name in MUTABLE_MESSAGE_COLUMNS
+)
+
+
 def _receipt_values(m: MessageRecord) -> tuple[object, ...]:
     """A message's receipt fields (MUTABLE_MESSAGE_COLUMNS, in order), then
-    its message_id: the parameters of _OUTCOME_SQL."""
-    values = message_values(m)
-    return tuple(values[i] for i in _RECEIPT)
+    its message_id: the parameters of _OUTCOME_SQL. As message_values does
+    for these columns alone (two per message sent: read only what changes)."""
+    with _refusing(f"message {m.message_id!r} cannot be stored"):
+        values = list(_receipt_fields(m))
+        values[_R_STATE] = _STATE_VALUES[values[_R_STATE]]
+        values[_R_DUPLICATE] = int(bool(values[_R_DUPLICATE]))
+        for index, name in _R_DATETIMES:
+            if values[index] is not None:
+                values[index] = dt_to_text(name, values[index])
+    return tuple(values)
 
 
 _SET_RECEIPT = ", ".join(f"{c} = ?" for c in MUTABLE_MESSAGE_COLUMNS)
@@ -923,8 +938,11 @@ class SqliteStore:
         records = [advisory_from_row(r) for r in self._query("SELECT * FROM advisories")]
         return sorted(records, key=advisory_order)
 
-    def messages(self, advisory_id: str) -> list[MessageRecord]:
-        return self._messages("advisory_id = ?", (advisory_id,))
+    def messages(
+        self, advisory_id: str, states: Sequence[MessageState] = ()
+    ) -> list[MessageRecord]:
+        where, params = message_filter((), states, None, None, None)
+        return self._messages(f"advisory_id = ? AND {where}", [advisory_id, *params])
 
     def _messages(self, where: str, params: Sequence[object]) -> list[MessageRecord]:
         sql = f"SELECT {', '.join(MESSAGE_COLUMNS)} FROM messages WHERE {where}"

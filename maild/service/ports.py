@@ -188,8 +188,11 @@ class Store(Protocol):
         """All advisories, soonest disclosure first (then by id)."""
         ...
 
-    def messages(self, advisory_id: str) -> list[MessageRecord]:
-        """The advisory's messages, by kind, org, address."""
+    def messages(
+        self, advisory_id: str, states: Sequence[MessageState] = ()
+    ) -> list[MessageRecord]:
+        """The advisory's messages (only those in `states`, when given), by
+        kind, org, address."""
         ...
 
     def events(self, advisory_id: str | None = None) -> list[Event]:
