@@ -840,3 +840,30 @@ def _secret_file(ring: Keyring, fpr: str, into: Keyring) -> Path:
     path = into.home / "secret.asc"
     path.write_bytes(export_secret(ring, fpr))
     return path
+
+
+def test_a_stuck_gpg_is_killed_after_the_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A gpg that never finishes (it reads nothing and never exits) costs one
+    timeout, not a stuck daemon: the call fails saying so, even with more input
+    waiting than a pipe holds, and the process is gone."""
+    home = short_home()
+    ring = Keyring(home, timeout=1.0)
+    try:
+        shim = tmp_path / "bin"
+        shim.mkdir()
+        started = tmp_path / "gpg.pid"
+        fake = shim / "gpg"
+        fake.write_text(f"#!/bin/sh\necho $$ > {started}\nexec sleep 60\n")
+        fake.chmod(0o755)
+        monkeypatch.setenv("PATH", f"{shim}{os.pathsep}{os.environ['PATH']}")
+        with pytest.raises(GpgError, match=r"gpg timed out after 1s"):
+            ring.decrypt_signed(b"-----BEGIN PGP MESSAGE-----\n" + b"A" * 300_000)
+        pid = int(started.read_text())
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    finally:
+        monkeypatch.undo()
+        ring.close()
+        shutil.rmtree(home, ignore_errors=True)

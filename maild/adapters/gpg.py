@@ -22,9 +22,11 @@ import contextlib
 import logging
 import os
 import re
+import selectors
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -334,13 +336,69 @@ def _parse_status(raw: bytes) -> tuple[_Status, ...]:
     return tuple(parsed)
 
 
-def _drain(fd: int, sink: list[bytes]) -> None:
-    """Read a pipe to its end (run in a thread beside Popen.communicate)."""
+_CHUNK = 65536  # bytes per read or write of a gpg pipe
+
+
+class _TimedOut(Exception):
+    pass
+
+
+def _exchange(
+    proc: subprocess.Popen[bytes], data: bytes, status_fd: int, timeout: float
+) -> tuple[bytes, bytes, bytes]:
+    """Feed `data` to gpg's stdin while reading its stdout, stderr and status pipe
+    to their ends, all from the calling thread, then wait for it to exit; returns
+    (stdout, stderr, status). _TimedOut if that takes over `timeout` seconds.
+
+    Popen.communicate writes its input 512 bytes at a time (and status lines would
+    need a thread of their own beside it); here stdin is non-blocking and every
+    pipe moves up to 64 KiB per system call, so a 100 KB message costs a few
+    calls, each of which gives the GIL back to the event loop's thread."""
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    deadline = time.monotonic() + timeout
+    stdin_fd = proc.stdin.fileno()
+    chunks: dict[int, list[bytes]] = {
+        proc.stdout.fileno(): [],
+        proc.stderr.fileno(): [],
+        status_fd: [],
+    }
+    view, offset = memoryview(data), 0
+    with selectors.PollSelector() as selector:
+        if data:
+            os.set_blocking(stdin_fd, False)
+            selector.register(stdin_fd, selectors.EVENT_WRITE)
+        else:
+            proc.stdin.close()
+        for fd in chunks:
+            selector.register(fd, selectors.EVENT_READ)
+        while selector.get_map():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise _TimedOut
+            for key, _ in selector.select(remaining):
+                if key.fd == stdin_fd:
+                    try:
+                        offset += os.write(stdin_fd, view[offset : offset + _CHUNK])
+                    except BlockingIOError:
+                        continue
+                    except BrokenPipeError:  # gpg stopped reading: what it said is read on
+                        offset = len(data)
+                    if offset >= len(data):
+                        selector.unregister(stdin_fd)
+                        proc.stdin.close()
+                elif chunk := os.read(key.fd, _CHUNK):
+                    chunks[key.fd].append(chunk)
+                else:
+                    selector.unregister(key.fd)
     try:
-        while chunk := os.read(fd, 65536):
-            sink.append(chunk)
-    finally:
-        os.close(fd)
+        proc.wait(max(deadline - time.monotonic(), 0))
+    except subprocess.TimeoutExpired:
+        raise _TimedOut from None
+    return (
+        b"".join(chunks[proc.stdout.fileno()]),
+        b"".join(chunks[proc.stderr.fileno()]),
+        b"".join(chunks[status_fd]),
+    )
 
 
 @dataclass(frozen=True)
@@ -1037,27 +1095,25 @@ class Keyring:
             raise GpgError(f"cannot run gpg: {exc.strerror}") from exc
         finally:
             os.close(status_write)
-        chunks: list[bytes] = []
-        reader = threading.Thread(target=_drain, args=(status_read, chunks), daemon=True)
-        reader.start()
         try:
-            output, stderr = proc.communicate(data, timeout=self._timeout)
-        except subprocess.TimeoutExpired as exc:
+            output, stderr, status = _exchange(proc, data, status_read, self._timeout)
+        except _TimedOut:
             proc.kill()
-            proc.communicate()
-            reader.join(self._timeout)
-            raise GpgError(f"gpg timed out after {self._timeout:g}s") from exc
+            proc.wait()
+            raise GpgError(f"gpg timed out after {self._timeout:g}s") from None
         except BaseException:
             proc.kill()
             proc.wait()
             raise
-        reader.join(self._timeout)
-        if reader.is_alive():
-            raise GpgError("gpg status output did not end")
+        finally:
+            os.close(status_read)
+            for pipe in (proc.stdin, proc.stdout, proc.stderr):
+                if pipe is not None:
+                    pipe.close()
         return _Outcome(
             returncode=proc.returncode,
             output=output,
-            status=_parse_status(b"".join(chunks)),
+            status=_parse_status(status),
             stderr=stderr.decode("utf-8", "replace"),
         )
 
