@@ -141,7 +141,8 @@ class Dispatcher:
         due_now = []
         unprepared: set[str] = set()
         sync = self._sync_state(now)
-        for record, messages in self._work(now, sync=sync is not None):
+        # What is due, or still to prepare, is among the messages that may be sent.
+        for record, messages in self._work(now, sync=sync is not None, states=SENDABLE):
             versions = self.store.payload_versions(record.id)
             ready = self._ready(record, messages, versions)
             due_now += due(self.clock(), [(record, m) for m in ready])
@@ -154,7 +155,7 @@ class Dispatcher:
         # every key with gpg, which must not delay what is due.
         unprepared |= self._keywatch.run(now, self._watched())
         due_now = []
-        for record, messages in self._work(now, sync=False, only=unprepared):
+        for record, messages in self._work(now, sync=False, only=unprepared, states=SENDABLE):
             ready = await self._prepare(record, messages, now)
             due_now += due(self.clock(), [(record, m) for m in ready])
         await self._release(due_now)
