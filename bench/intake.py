@@ -493,7 +493,7 @@ def _maild_run(
         patches.callback(spans.remove)
         timers: dict[str, Timer] = {}
         for name, obj, method in [
-            ("decrypt", keyring, "decrypt_signed"),
+            ("decrypt", keyring, "decrypt_signed_by"),
             ("seal", keyring, "encrypt"),
             ("act", intake, "_act"),
             ("list", store, "list_advisories"),
@@ -737,7 +737,7 @@ def _report(
         ms(mid.spans.total / max(mid.spans.calls, 1)),
     )
     add("maild per submission, on the 2 gpg threads (wall), of the median run:", "")
-    add("  Keyring.decrypt_signed (gpg: decrypt, verify)", per(timers["decrypt"].total))
+    add("  Keyring.decrypt_signed_by (gpg: decrypt, verify)", per(timers["decrypt"].total))
     seals = timers["seal"].calls
     add(
         f"  Keyring.encrypt (gpg: seal to the identity key; {seals} of {m} submissions)",
