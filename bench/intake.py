@@ -136,7 +136,24 @@ def run(keys: KeyPool, report: Report, messages: int, *, profile: bool = False) 
 # -- the submissions ----------------------------------------------------------------
 
 
-def _gpg(home: Path, args: Sequence[str], data: bytes | None = None) -> bytes:
+CLIENT_TRIES = 3  # client signing failed once in several hundred here (gpg-agent)
+
+
+def _gpg(home: Path, args: Sequence[str], data: bytes | None = None, *, tries: int = 1) -> bytes:
+    """gpg on a client home; `tries` > 1 runs it again after a failure (the agent of
+    GnuPG 2.2 under two concurrent signers once answered "Unmatched parentheses in
+    S-expression" here: setup, not a measured figure, so it is retried and said)."""
+    for attempt in range(1, tries + 1):
+        try:
+            return _gpg_once(home, args, data)
+        except RuntimeError as exc:
+            if attempt == tries:
+                raise
+            print(f"  note: client gpg failed (try {attempt} of {tries}), again: {exc}")
+    raise AssertionError("unreachable")
+
+
+def _gpg_once(home: Path, args: Sequence[str], data: bytes | None) -> bytes:
     done = subprocess.run(
         [
             "gpg",
@@ -192,6 +209,7 @@ def _make_mails(keys: KeyPool, world: World, home: Path, count: int) -> list[Mai
                 keys.member + "!",
             ],
             payload,
+            tries=CLIENT_TRIES,
         )
         return Mail(advisory_id, payload, armored, _pgp_mime(armored, i))
 
