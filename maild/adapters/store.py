@@ -414,10 +414,16 @@ def message_values(m: MessageRecord) -> tuple[object, ...]:
         values[_STATE] = _STATE_VALUES[values[_STATE]]
         values[_PURPOSE] = _PURPOSE_VALUES[values[_PURPOSE]]
         values[_DUPLICATE] = int(bool(values[_DUPLICATE]))
-        for index, name in _DATETIMES:
-            if values[index] is not None:
-                values[index] = dt_to_text(name, values[index])
+        _datetimes_to_text(values, _DATETIMES)
     return tuple(values)
+
+
+def _datetimes_to_text(values: list[Any], positions: Sequence[tuple[int, str]]) -> None:
+    """The datetimes at `positions` (index, column name) of `values`, as stored."""
+    for index, name in positions:
+        value = values[index]
+        if value is not None:
+            values[index] = dt_to_text(name, value)
 
 
 _receipt_fields = operator.attrgetter(*MUTABLE_MESSAGE_COLUMNS, "message_id")
@@ -437,9 +443,7 @@ def _receipt_values(m: MessageRecord) -> tuple[object, ...]:
         values = list(_receipt_fields(m))
         values[_R_STATE] = _STATE_VALUES[values[_R_STATE]]
         values[_R_DUPLICATE] = int(bool(values[_R_DUPLICATE]))
-        for index, name in _R_DATETIMES:
-            if values[index] is not None:
-                values[index] = dt_to_text(name, values[index])
+        _datetimes_to_text(values, _R_DATETIMES)
     return tuple(values)
 
 
