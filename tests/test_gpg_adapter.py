@@ -6,6 +6,7 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
@@ -845,17 +846,23 @@ def _secret_file(ring: Keyring, fpr: str, into: Keyring) -> Path:
 def test_a_stuck_gpg_is_killed_after_the_timeout(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A gpg that never finishes (it reads nothing and never exits) costs one
+    """A gpg that never finishes (it reads nothing and does not exit) costs one
     timeout, not a stuck daemon: the call fails saying so, even with more input
-    waiting than a pipe holds, and the process is gone."""
+    waiting than a pipe holds, and the process is killed, not waited for."""
     home = short_home()
     ring = Keyring(home, timeout=1.0)
     try:
         shim = tmp_path / "bin"
         shim.mkdir()
-        started = tmp_path / "gpg.pid"
+        started, finished = tmp_path / "gpg.pid", tmp_path / "gpg.finished"
         fake = shim / "gpg"
-        fake.write_text(f"#!/bin/sh\necho $$ > {started}\nexec sleep 60\n")
+        fake.write_text(
+            f"#!{sys.executable}\n"
+            "import os, time\n"
+            f"open({str(started)!r}, 'w').write(str(os.getpid()))\n"
+            "time.sleep(20)\n"  # never read stdin: the writer must not block on it
+            f"open({str(finished)!r}, 'w').write('ran to its end')\n"
+        )
         fake.chmod(0o755)
         monkeypatch.setenv("PATH", f"{shim}{os.pathsep}{os.environ['PATH']}")
         with pytest.raises(GpgError, match=r"gpg timed out after 1s"):
@@ -863,7 +870,19 @@ def test_a_stuck_gpg_is_killed_after_the_timeout(
         pid = int(started.read_text())
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+        assert not finished.exists()  # killed at the timeout, not left to finish
     finally:
         monkeypatch.undo()
         ring.close()
         shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.mark.parametrize(
+    "data", [b"\xff" * 2_000_000, b""], ids=["refused-before-read-whole", "empty"]
+)
+def test_input_gpg_stops_reading_or_never_gets_is_a_clear_error(data: bytes) -> None:
+    """Input gpg refuses before reading it all (more than a pipe holds: gpg
+    exits while maild is still writing) and empty input each fail as a gpg
+    error naming what gpg said, not a broken pipe or a wait for ever."""
+    with temp_keyring() as ring, pytest.raises(GpgError, match=r"gpg failed to decrypt: \S"):
+        ring.decrypt_signed(data)

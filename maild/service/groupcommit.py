@@ -8,19 +8,23 @@ goes in the next batch, one transaction for the whole batch.
 The COMMIT itself is written without its fsync (`Store.unsynced`), and the
 fsync (`Store.sync`) follows it: in a thread (the default), so the event
 loop goes on serving other connections meanwhile, or on the loop itself
-(`flush_in_thread=False`) where the callers could do nothing meanwhile
-anyway. Every caller is answered only after that fsync: nobody is told of,
-or acts on, a commit that is not on disk. If the COMMIT, the fsync or SQLite
-itself fails, every caller of that batch gets the error (and after a failed
-COMMIT nothing of the batch was written).
+(`flush_in_thread=False`). Every caller is answered only after that fsync:
+nobody is told of, or acts on, a commit that is not on disk. If the COMMIT,
+the fsync or SQLite itself fails, every caller of that batch gets the error
+(and after a failed COMMIT nothing of the batch was written).
 
 Why both: a hand-off to a thread and back costs two wake-ups, each of an
-idle CPU on a virtual machine, and the GIL to be taken back; measured on
-the release (each sender waits for the claim of its next message before
-sending it, so while a batch flushes the loop has little else to do), the
-release was about 8% faster with the fsync on the loop (bench/README.md).
-A submission's fsync stays in a thread: twenty clients' SMTP dialogues go
-on meanwhile.
+idle CPU on a virtual machine, and the GIL to be taken back. The release's
+receipts flush on the loop: each sender waits for the claim of its next
+message before sending it, so while a batch flushes the release itself has
+nothing else to do, and it ran about 8% faster that way (bench/README.md).
+The price is that everything else on the loop (intake connections, the
+watchdog ping) waits for that fsync too: a fraction of a millisecond on a
+healthy disk, up to two when an intake flush holds the WAL's descriptor in
+its thread; a disk that stalls for longer than the watchdog allows gets
+maild restarted, which loses nothing (a claim is on disk before its send,
+and `recover()` resends what was `sending`). A submission's fsync stays in a
+thread: twenty clients' SMTP dialogues go on meanwhile.
 
 Two kinds: `GroupCommit` runs each caller's work in its own savepoint, so
 one that raises is undone alone and gets its own exception (the intake);
