@@ -455,22 +455,6 @@ def _signer_of(outcome: _Outcome) -> str | None:
     return _normalise_fpr(primary)
 
 
-def _dearmor_message(armored: bytes) -> bytes:
-    """The binary packets of one ASCII-armored 'PGP MESSAGE' block."""
-    lines = [line.rstrip(b"\r") for line in armored.split(b"\n")]
-    try:
-        begin = lines.index(b"-----BEGIN PGP MESSAGE-----")
-        end = lines.index(b"-----END PGP MESSAGE-----", begin)
-        blank = lines.index(b"", begin, end)  # armor headers end at the first empty line
-    except ValueError as exc:
-        raise GpgError("gpg output is not one ASCII-armored OpenPGP message") from exc
-    body = b"".join(line for line in lines[blank + 1 : end] if not line.startswith(b"="))
-    try:
-        return base64.b64decode(body, validate=True)
-    except ValueError as exc:
-        raise GpgError("gpg output has a damaged ASCII armor") from exc
-
-
 def _packet_header(packets: bytes, pos: int) -> tuple[int, int, int]:
     """(tag, body length, where the body starts) of the packet at `pos`; the length is
     -1 for a partial (new format) or indeterminate (old format) length, which only data
@@ -944,7 +928,7 @@ class Keyring:
                 f"gpg failed to sign by {signer_fpr} and encrypt to {fpr}: {outcome.reason()}"
             )
         self._check_signature_made(outcome, signer_fpr, kind="S")
-        used = _session_key_recipients(_dearmor_message(outcome.output))
+        used = _session_key_recipients(_armored_packets(outcome.output))
         # The same listing the recipient was judged from: one snapshot for both checks.
         allowed = _encryption_key_ids(listing.key)
         if len(used) != 1 or used[0] not in allowed:
@@ -1097,13 +1081,11 @@ class Keyring:
             os.close(status_write)
         try:
             output, stderr, status = _exchange(proc, data, status_read, self._timeout)
-        except _TimedOut:
+        except BaseException as exc:
             proc.kill()
             proc.wait()
-            raise GpgError(f"gpg timed out after {self._timeout:g}s") from None
-        except BaseException:
-            proc.kill()
-            proc.wait()
+            if isinstance(exc, _TimedOut):
+                raise GpgError(f"gpg timed out after {self._timeout:g}s") from None
             raise
         finally:
             os.close(status_read)
