@@ -16,7 +16,7 @@ import pytest
 from maild.adapters.store import SqliteStore
 from maild.domain.models import AdvisoryState, MessageKind, MessageRecord, MessageState
 from maild.service import daemon
-from maild.service.groupcommit import GroupCommit
+from maild.service.groupcommit import Batches, GroupCommit
 from maild.service.intake import Refused
 from maild.service.ports import StoreBroken, StoreError, TransactionLost
 from tests.test_store import AnyStore, advisory, event, message
@@ -203,21 +203,33 @@ def test_group_commit_answers_only_after_the_batch_is_flushed_to_disk(
     the flush runs in a thread or on the loop; when the flush fails, every
     caller of the batch gets the error instead."""
     store = _flushing_store(tmp_path / "maild.db")
-    commits = GroupCommit(store, flush_in_thread=in_thread)
+    # The intake's GroupCommit flushes in a thread; the release's receipts on the loop.
+    commits: Batches[int, None] | GroupCommit = (
+        GroupCommit(store)
+        if in_thread
+        else Batches(
+            store,
+            lambda ns: [store.add_messages(None, [reply(n)]) for n in ns],
+            flush_in_thread=False,
+        )
+    )
 
     async def caller(n: int) -> None:
-        await commits.run(lambda: store.add_messages(None, [reply(n)]))
+        if isinstance(commits, GroupCommit):
+            await commits.run(lambda: store.add_messages(None, [reply(n)]))
+        else:
+            await commits.run(n)
         store.answered.append(f"reply-{n}")
 
-    async def main() -> list[BaseException | None]:
-        return await asyncio.gather(*(caller(n) for n in (1, 2)), return_exceptions=True)
+    async def main(*ns: int) -> list[BaseException | None]:
+        return await asyncio.gather(*(caller(n) for n in ns), return_exceptions=True)
 
     try:
-        assert asyncio.run(main()) == [None, None]
+        assert asyncio.run(main(1, 2)) == [None, None]
         assert store.flushed_after == [[]]  # one batch, flushed before anyone was answered
         store.fail = True
         store.answered.clear()
-        outcomes = asyncio.run(main())
+        outcomes = asyncio.run(main(3, 4))
         assert all(isinstance(o, StoreError) and "flush" in str(o) for o in outcomes)
         assert store.answered == []
     finally:

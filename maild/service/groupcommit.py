@@ -124,8 +124,8 @@ class GroupCommit(Batches[Callable[[], Any], Any]):
     """Runs transaction bodies in batches on the event loop's thread, each in
     its own savepoint (an atomic block inside the batch's transaction)."""
 
-    def __init__(self, store: Store, *, flush_in_thread: bool = True) -> None:
-        super().__init__(store, self._each, flush_in_thread=flush_in_thread)
+    def __init__(self, store: Store) -> None:
+        super().__init__(store, self._each)
 
     async def run(self, item: Callable[[], T]) -> T:
         """`item()` inside a transaction; returns (or raises) what it did, once
