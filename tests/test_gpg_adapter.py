@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import stat
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
@@ -841,6 +843,48 @@ def _secret_file(ring: Keyring, fpr: str, into: Keyring) -> Path:
     path = into.home / "secret.asc"
     path.write_bytes(export_secret(ring, fpr))
     return path
+
+
+def test_no_gpg_run_waits_for_the_lock_on_the_random_seed_file() -> None:
+    """Two gpg runs at once (the pool has two threads) do not wait for each other:
+    no run of maild's takes the lock on the home's `random_seed` file, which gpg
+    otherwise holds while it reads and rewrites the file, and a run that finds it
+    taken sleeps a quarter of a second or more before it tries again. Here another
+    process holds that lock throughout: every kind of run still finishes at once."""
+    home = short_home()
+    ring = Keyring(home, timeout=10.0)
+    try:
+        me = ring.generate("WG <wg@example.org>")  # key making may keep its seed file
+        fd = os.open(home / "random_seed", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # gpg is another process
+
+            def runs() -> None:
+                ring.refresh()
+                assert ring.health(me, now()).problem() is None  # listings (python-gnupg)
+                sealed = ring.sign_encrypt(b"notice", me, me, now())  # maild's own runs
+                assert ring.decrypt_verify(sealed) == (b"notice", me)
+                ring.detach_sign(b"data", me)
+                ring.encrypt(b"data", me, now())
+
+            failed: list[BaseException] = []
+
+            def guarded() -> None:
+                try:
+                    runs()
+                except BaseException as exc:
+                    failed.append(exc)
+
+            worker = threading.Thread(target=guarded, daemon=True)
+            worker.start()
+            worker.join(30)  # python-gnupg has no timeout of its own
+            assert not worker.is_alive(), "a gpg run is waiting for the seed file's lock"
+            assert failed == []
+        finally:
+            os.close(fd)  # drops the lock
+    finally:
+        ring.close()
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def test_a_stuck_gpg_is_killed_after_the_timeout(
