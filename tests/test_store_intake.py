@@ -5,6 +5,7 @@ DSN envelope id or acknowledgement token, and replay refusal."""
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -249,10 +250,16 @@ def test_writes_outside_group_commit_stay_flushed_at_each_commit(tmp_path: Path)
         with store.unsynced():
             assert synchronous() == 1  # NORMAL: the caller flushes
             store.add_messages(None, [reply(1)])
-        assert synchronous() == 2
+            with store.atomic():  # a block inside: still the caller's flush
+                store.add_messages(None, [reply(2)])
+                assert synchronous() == 1
+        store.add_messages(None, [reply(3)])
+        assert synchronous() == 2  # set before that write began
         with pytest.raises(RuntimeError), store.unsynced():
             raise RuntimeError("the batch failed")
-        assert synchronous() == 2
+        with store.atomic():
+            assert synchronous() == 2
+            store.add_messages(None, [reply(4)])
         store.sync()  # the WAL the commit wrote can be flushed
     finally:
         store.close()
@@ -266,6 +273,33 @@ def test_flushing_a_closed_store_is_a_clear_error(tmp_path: Path) -> None:
     store.close()  # the last connection: SQLite removes the WAL
     with pytest.raises(StoreError, match=r"maild\.db: cannot flush the state database"):
         store.sync()
+
+
+def test_a_flush_follows_the_wal_file_now_at_its_path(tmp_path: Path) -> None:
+    """The flush to disk opens the WAL once and keeps it; if that file is
+    removed or replaced, the next flush opens the file now at the path: it
+    never flushes a file that is no longer the database's log."""
+    from maild.adapters.store import _WalFile
+
+    path = tmp_path / "maild.db-wal"
+    path.write_bytes(b"first")
+    wal = _WalFile(path)
+    try:
+        wal.sync()
+        first = wal._fd
+        assert first is not None
+        wal.sync()
+        assert wal._fd == first  # kept between flushes
+        (tmp_path / "new").write_bytes(b"second")
+        (tmp_path / "new").replace(path)
+        wal.sync()
+        assert wal._fd is not None
+        assert os.fstat(wal._fd).st_ino == os.stat(path).st_ino
+        path.unlink()
+        with pytest.raises(FileNotFoundError):
+            wal.sync()
+    finally:
+        wal.close()
 
 
 class _FailingWal:

@@ -622,6 +622,10 @@ class SqliteStore:
         conn.row_factory = _dict_row
         self._wal = _WalFile(_wal_path(conn, path))
         self._broken: str | None = None  # set when a flush to disk failed
+        # PRAGMA synchronous as last set (FULL by _configure), and whether an
+        # unsynced() block is open: see _write.
+        self._synchronous = "FULL"
+        self._in_unsynced = False
 
     @classmethod
     def open(cls, path: Path) -> SqliteStore:
@@ -653,7 +657,7 @@ class SqliteStore:
     ) -> Event:
         row, message_rows = advisory_to_row(record), messages_to_values(record.id, messages)
         new = prepare_event(event)
-        with _transaction(self._conn, self.path) as conn:
+        with self._write() as conn:
             if conn.execute("SELECT 1 FROM advisories WHERE id = ?", (record.id,)).fetchone():
                 raise already_stored(record.id)
             conn.execute(_insert("advisories", ADVISORY_COLUMNS), row)
@@ -673,7 +677,7 @@ class SqliteStore:
         row, new = advisory_to_row(record), prepare_event(event)
         kinds = tuple(MessageKind(k).value for k in cancel_kinds)
         message_rows = messages_to_values(record.id, add_messages)
-        with _transaction(self._conn, self.path) as conn:
+        with self._write() as conn:
             sql = "SELECT version FROM advisories WHERE id = ?"
             stored = conn.execute(sql, (record.id,)).fetchone()
             if stored is None:
@@ -702,12 +706,12 @@ class SqliteStore:
 
     def append_event(self, event: NewEvent) -> Event:
         new = prepare_event(event)
-        with _transaction(self._conn, self.path) as conn:
+        with self._write() as conn:
             return _append(conn, new)
 
     def add_messages(self, advisory_id: str | None, messages: Sequence[MessageRecord]) -> None:
         message_rows = messages_to_values(advisory_id, messages)
-        with _transaction(self._conn, self.path) as conn:
+        with self._write() as conn:
             sql = "SELECT 1 FROM advisories WHERE id = ?"
             if advisory_id is not None and not conn.execute(sql, (advisory_id,)).fetchone():
                 raise not_stored(advisory_id)
@@ -721,7 +725,7 @@ class SqliteStore:
             with _savepoint(self._conn, self.path):
                 yield
         else:
-            with _transaction(self._conn, self.path):
+            with self._write():
                 yield
 
     def _in_transaction(self) -> bool:
@@ -736,17 +740,38 @@ class SqliteStore:
         (`synchronous=NORMAL` in WAL mode); `sync()` makes them durable. A
         commit there is then as durable as with `synchronous=FULL`, which is
         exactly that fsync after each commit. Inside a transaction this
-        changes nothing: the outer block's commit decides."""
+        changes nothing: the outer block's commit decides.
+
+        The connection is left at NORMAL after the block: the next write
+        outside such a block sets FULL again before it begins (`_write`), so
+        back-to-back group commits (a release's receipts) do not pay two
+        PRAGMAs each."""
         if self._broken is not None:
             raise StoreBroken(self._broken)
         if self._conn.in_transaction:
             # Its commit is the outer block's, which the caller cannot flush.
             raise StoreError(f"{self.path}: an unsynced block inside a transaction")
-        self._pragma("PRAGMA synchronous = NORMAL")
+        self._set_synchronous("NORMAL")
+        self._in_unsynced = True
         try:
             yield
         finally:
-            self._pragma("PRAGMA synchronous = FULL")
+            self._in_unsynced = False
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction (`_transaction`), committed with SQLite's own
+        fsync (FULL) unless it is inside an unsynced() block, whose caller
+        flushes. Joined to the open transaction, if any (whose start decided)."""
+        if not self._in_unsynced and not self._in_transaction():
+            self._set_synchronous("FULL")
+        with _transaction(self._conn, self.path) as conn:
+            yield conn
+
+    def _set_synchronous(self, mode: str) -> None:
+        if self._synchronous != mode:
+            self._pragma(f"PRAGMA synchronous = {mode}")
+            self._synchronous = mode
 
     def sync(self) -> None:
         if self._broken is not None:
@@ -784,7 +809,7 @@ class SqliteStore:
         self, sig_id: str, signer: str, signed_at: datetime, seen_at: datetime
     ) -> bool:
         row = signature_row(sig_id, signer, signed_at, seen_at)
-        with _transaction(self._conn, self.path) as conn:
+        with self._write() as conn:
             if conn.execute("SELECT 1 FROM signatures WHERE sig_id = ?", (sig_id,)).fetchone():
                 return False
             conn.execute(_insert("signatures", tuple(row)), row)
@@ -796,13 +821,13 @@ class SqliteStore:
 
     def set_meta(self, name: str, value: str) -> None:
         row = meta_row(name, value)
-        with _transaction(self._conn, self.path) as conn:
+        with self._write() as conn:
             conn.execute("INSERT OR REPLACE INTO meta (name, value) VALUES (:name, :value)", row)
 
     def update_messages(self, messages: Sequence[MessageRecord]) -> None:
         rows = [message_to_row(m) for m in messages]
         assignments = ", ".join(f"{c} = :{c}" for c in MUTABLE_MESSAGE_COLUMNS)
-        with _transaction(self._conn, self.path) as conn:
+        with self._write() as conn:
             for row in rows:
                 sql = f"UPDATE messages SET {assignments} WHERE message_id = :message_id"
                 if conn.execute(sql, row).rowcount != 1:
@@ -812,7 +837,7 @@ class SqliteStore:
         self, message_id: str, advisory_version: int, data: bytes, at: datetime
     ) -> None:
         row = payload_row(message_id, advisory_version, data, at)
-        with _transaction(self._conn, self.path) as conn:
+        with self._write() as conn:
             sql = "SELECT 1 FROM messages WHERE message_id = ?"
             if not conn.execute(sql, (message_id,)).fetchone():
                 raise unknown_message(message_id)
@@ -825,7 +850,7 @@ class SqliteStore:
     def discard_payloads(self, message_ids: Sequence[str]) -> int:
         ids = list(dict.fromkeys(message_ids))
         dropped = 0
-        with _transaction(self._conn, self.path) as conn:
+        with self._write() as conn:
             for start in range(0, len(ids), 500):
                 chunk = ids[start : start + 500]
                 marks = ", ".join("?" for _ in chunk)
@@ -843,7 +868,7 @@ class SqliteStore:
         outcome_rows = [_receipt_values(m) for m in outcomes]
         claim_rows = [(*_receipt_values(m), version) for m, version in claims]
         claimed: set[str] = set()
-        with _transaction(self._conn, self.path) as conn:
+        with self._write() as conn:
             conn.executemany(_OUTCOME_SQL, outcome_rows)
             for row in claim_rows:
                 if conn.execute(_CLAIM_SQL, row).rowcount == 1:
@@ -1073,9 +1098,10 @@ class _WalFile:
     the -shm file, the others on the database file), so opening and closing
     this descriptor cannot drop any (see `_create_private`). SQLite removes
     the WAL only when its last connection closes, never while this store is
-    open; still, a WAL that is not the file this descriptor holds (another
-    inode) is opened again, with its folder flushed, so a sync never flushes
-    the wrong file."""
+    open; still, a descriptor whose file was removed or replaced (no longer
+    linked) is opened again, on the file now at the path, with its folder
+    flushed, so a sync never flushes the wrong file. One fstat per flush, not
+    a lookup of the path: a release flushes every few messages."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -1084,9 +1110,8 @@ class _WalFile:
 
     def sync(self) -> None:
         with self._lock:
-            current = os.stat(self.path)
             fd = self._fd
-            if fd is None or not os.path.samestat(os.fstat(fd), current):
+            if fd is None or os.fstat(fd).st_nlink == 0:
                 if fd is not None:
                     os.close(fd)
                 self._fd = None
