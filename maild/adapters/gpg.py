@@ -60,10 +60,11 @@ _MAX_MESSAGE = 200
 # and the whole output is held in memory. Mail is at most [intake] max_size (10 MiB).
 _MAX_PLAINTEXT = 64 * 1024 * 1024
 # On every gpg run that uses keys (not key making): gpg otherwise reads and rewrites
-# `random_seed` in the home under a lock file, and a run that finds it locked sleeps
-# before it tries again. Two runs at once (the pool's two threads) then took from
-# 2.5 to 8.7 ms per notice instead of a steady 2.5 (bench/README.md). The seed file
-# only speeds up gathering entropy; gpg takes its randomness from the kernel either way.
+# `random_seed` in the home under an fcntl lock, and a run that finds it locked sleeps
+# before it tries again (0.25 s, then 1.25 s...). Two runs at once (the pool's two
+# threads) then took 2.8 to 8.7 ms per notice instead of a steady 2.5-2.7 ms
+# (bench/README.md). The seed file only spares gathering entropy at start; gpg takes
+# its randomness from the kernel either way.
 _RUN_OPTIONS = ("--no-random-seed-file",)
 _MIN_CHUNK = 512  # the least a partial body length may give (RFC 9580 section 4.2.1.4)
 _BEGIN_MESSAGE = b"-----BEGIN PGP MESSAGE-----"
