@@ -3,161 +3,37 @@ process, real gpg keys and SQLite. What operators and recipients see."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
-import aiosmtplib
-import pytest
-
-from maild.adapters.gpg import Keyring
 from maild.adapters.store import SqliteStore
-from maild.domain.models import MessageKind, MessageRecord, MessageState
+from maild.domain.models import MessageKind, MessageState
 from tests.conftest import CLI
-from tests.keyfactory import export_secret, raw_gpg, temp_keyring
+from tests.daemonrig import (
+    Process,
+    Sink,
+    daemon,
+    decrypts_for,
+    mails,
+    receipts,
+    send_mail,
+    sink,
+    submit,
+    to,
+    wait_for,
+)
 from tests.mailfactory import correspondent, member_mail
 from tests.world import World
 
-WAIT = 30.0  # seconds: an upper bound for the daemon to react, never a pacing sleep
-
-
-def wait_for(what: str, check: Callable[[], object], timeout: float = WAIT) -> object:
-    """Poll `check` until it returns something truthy; fail after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-class Process:
-    def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None) -> None:
-        self.log = log
-        self.handle = log.open("wb")
-        self.proc = subprocess.Popen(args, stdout=self.handle, stderr=subprocess.STDOUT, env=env)
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        code = self.proc.wait(timeout=20)
-        self.handle.close()
-        return code
-
-
-def maild_run(
-    world: World, log: str, env: dict[str, str] | None = None, *, wait: bool = True
-) -> Process:
-    """`maild run` on the world's config (`env`: its whole environment),
-    its output in `log` under the world's root; with `wait`, once it has
-    logged that it started."""
-    args = [sys.executable, "-m", "maild", "--config", str(world.config), "run"]
-    proc = Process(args, world.root / log, env=env)
-    if wait:
-        wait_for("the daemon to start", lambda: '"event": "started"' in proc.text())
-    return proc
-
-
-def send_mail(world: World, mail: bytes) -> str:
-    """The intake's reply to `mail`, or what went wrong on the connection."""
-
-    async def send() -> str:
-        client = aiosmtplib.SMTP(hostname="127.0.0.1", port=world.listen_port, start_tls=False)
-        await client.connect()
-        try:
-            _, reply = await client.sendmail("m@wg.example", ["embargo@maild.example"], mail)
-        finally:
-            client.close()
-        return reply
-
-    try:
-        return asyncio.run(send())
-    except aiosmtplib.SMTPException as exc:
-        return f"failed: {type(exc).__name__}: {exc}"
-
-
-@pytest.fixture
-def sink(world: World) -> Iterator[tuple[Process, int, Path]]:
-    """The loopback smarthost as its own process, keeping a Maildir."""
-    maildir = world.root / "maildir"
-    proc = Process(
-        [sys.executable, "-m", "maild.adapters.sink", "--port", "0", "--maildir", str(maildir)],
-        world.root / "sink.log",
-    )
-    line = wait_for(
-        "the sink to listen", lambda: re.search(r"listening on [\d.]+:(\d+)", proc.text())
-    )
-    assert isinstance(line, re.Match)
-    yield proc, int(line.group(1)), maildir
-    proc.proc.send_signal(signal.SIGCONT)
-    proc.stop()
-
-
-@pytest.fixture
-def daemon(world: World, sink: tuple[Process, int, Path]) -> Iterator[Callable[[], Process]]:
-    """Starts `maild run` on the world (call it again after a kill to restart)."""
-    world.enable_run(sink[1])
-    started: list[Process] = []
-
-    def start() -> Process:
-        proc = maild_run(world, f"daemon-{len(started)}.log")
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        if proc.proc.poll() is None:
-            proc.stop(signal.SIGKILL)
-
-
-def mails(maildir: Path) -> list[bytes]:
-    new = maildir / "new"
-    return [p.read_bytes() for p in sorted(new.iterdir())] if new.exists() else []
-
-
-def to(maildir: Path, address: str) -> list[bytes]:
-    return [m for m in mails(maildir) if f"To: {address}".encode() in m]
-
-
-def receipts(world: World, advisory_id: str) -> list[MessageRecord]:
-    store = SqliteStore.open(world.database)
-    try:
-        return store.messages(advisory_id)
-    finally:
-        store.close()
-
-
-def submit(cli: CLI, world: World, disclosure: datetime) -> str:
-    path = world.advisory(disclosure=disclosure.replace(microsecond=0).isoformat())
-    result = cli("--config", str(world.config), "submit", str(path), "--json")
-    assert result.code == 0, result.err
-    return str(result.json()["id"])
-
-
-def decrypts_for(world: World, name: str, data: bytes) -> bytes:
-    armored = re.search(rb"-----BEGIN PGP MESSAGE-----.*?-----END PGP MESSAGE-----", data, re.S)
-    assert armored is not None
-    with Keyring(world.keys.home) as keys, temp_keyring() as ring:
-        secret = ring.home / "k.asc"
-        secret.write_bytes(export_secret(keys, world.keys.fpr[name]))
-        raw_gpg(ring, "--import", str(secret))
-        plain, _ = ring.decrypt_verify(armored.group(0))
-        return plain
+__all__ = ["daemon", "sink"]  # the fixtures, from the rig
 
 
 def test_late_advisory_is_sent_now_and_leaks_nothing_to_the_log(
-    cli: CLI, world: World, sink: tuple[Process, int, Path], daemon: Callable[[], Process]
+    cli: CLI, world: World, sink: Sink, daemon: Callable[[], Process]
 ) -> None:
     """An advisory accepted after its notice time is sent at once by the
     running daemon: each org its own notice, the announce list the
@@ -191,7 +67,7 @@ def test_late_advisory_is_sent_now_and_leaks_nothing_to_the_log(
 
 
 def test_nothing_early_then_disclose_now_publishes_at_once(
-    cli: CLI, world: World, sink: tuple[Process, int, Path], daemon: Callable[[], Process]
+    cli: CLI, world: World, sink: Sink, daemon: Callable[[], Process]
 ) -> None:
     """A future advisory is prepared but nothing is sent; `disclose-now`
     makes the running daemon publish the advisory within seconds, and the
@@ -211,7 +87,7 @@ def test_nothing_early_then_disclose_now_publishes_at_once(
 
 
 def test_kill_9_during_a_release_loses_nothing(
-    cli: CLI, world: World, sink: tuple[Process, int, Path], daemon: Callable[[], Process]
+    cli: CLI, world: World, sink: Sink, daemon: Callable[[], Process]
 ) -> None:
     """maild killed with SIGKILL while notices are on the wire: after a
     restart every notice arrives, resent with the same Message-ID and flagged
@@ -246,7 +122,7 @@ def test_kill_9_during_a_release_loses_nothing(
 
 
 def test_sigterm_with_a_silent_smarthost_still_exits_0_within_10_seconds(
-    cli: CLI, world: World, sink: tuple[Process, int, Path], daemon: Callable[[], Process]
+    cli: CLI, world: World, sink: Sink, daemon: Callable[[], Process]
 ) -> None:
     """systemd's stop: SIGTERM while the smarthost has gone silent in the
     middle of a transaction. maild exits 0 within 10 s; the message cut off
@@ -284,7 +160,7 @@ def test_run_refuses_to_start_without_its_sections(cli: CLI, world: World) -> No
 
 
 def test_a_member_submits_by_mail_to_the_running_daemon(
-    world: World, sink: tuple[Process, int, Path], daemon: Callable[[], Process]
+    world: World, sink: Sink, daemon: Callable[[], Process]
 ) -> None:
     """`maild run` listens on [intake] listen: a member's signed, encrypted
     advisory is answered 250, queued, and the member's encrypted reply

@@ -25,14 +25,13 @@ from maild.adapters.gpg import Keyring
 from maild.adapters.store import SqliteStore
 from maild.domain.models import MessageKind, MessageRecord, MessageState
 from tests.conftest import CLI
+from tests.daemonrig import WAIT, Daemons, Process, Sink, receipts, send_mail, sink, wait_for
 from tests.mailfactory import correspondent, member_mail
-from tests.test_e2e_daemon import WAIT, Process, maild_run, receipts, send_mail, sink, wait_for
 from tests.world import World, org_entry
 
-__all__ = ["sink"]  # the loopback smarthost fixture, imported from test_e2e_daemon
+__all__ = ["sink"]  # the loopback smarthost fixture, from the rig
 
 CONNECTIONS = 2  # World's [smtp] connections
-Sink = tuple[Process, int, Path]
 Start = Callable[..., Process]
 
 
@@ -47,17 +46,13 @@ def env(failpoint: str | None = None) -> dict[str, str]:
 def start(world: World, sink: Sink) -> Iterator[Start]:
     """Starts `maild run` on the world, armed with a failpoint if given."""
     world.enable_run(sink[1])
-    started: list[Process] = []
+    daemons = Daemons(world)
 
     def run(failpoint: str | None = None) -> Process:
-        proc = maild_run(world, f"daemon-{len(started)}.log", env(failpoint))
-        started.append(proc)
-        return proc
+        return daemons.start(env(failpoint))
 
     yield run
-    for proc in started:
-        if proc.proc.poll() is None:
-            proc.stop(signal.SIGKILL)
+    daemons.kill_all()
 
 
 def killed_itself(proc: Process) -> None:

@@ -29,7 +29,7 @@ from maild.adapters.store import SqliteStore
 from maild.domain.models import AdvisoryRecord, MessageKind, MessageRecord, MessageState
 from maild.service.scheduler import backoff
 from tests.conftest import CLI
-from tests.test_e2e_daemon import Process, decrypts_for, mails, receipts, to, wait_for
+from tests.daemonrig import Process, decrypts_for, mails, receipts, to, wait_for
 from tests.world import World, free_port
 
 LIBFAKETIME = next(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
@@ -20,8 +19,8 @@ import pytest
 
 from maild.adapters.store import SqliteStore
 from tests.conftest import CLI
+from tests.daemonrig import Daemons, Process, decrypts_for, submit, wait_for
 from tests.postfix import Postfix, available, running
-from tests.test_e2e_daemon import Process, decrypts_for, maild_run, submit, wait_for
 from tests.world import World
 
 NOT_HERE = available()  # why a private Postfix cannot run here, if it cannot
@@ -59,18 +58,14 @@ def postfix(world: World) -> Iterator[Callable[[Sequence[str]], Postfix]]:
 @pytest.fixture
 def daemon(world: World) -> Iterator[Callable[[Postfix], Process]]:
     """Starts `maild run` with the given Postfix as its smarthost."""
-    started: list[Process] = []
+    daemons = Daemons(world)
 
     def start(smarthost: Postfix) -> Process:
         world.enable_run(smarthost.port)
-        proc = maild_run(world, "daemon.log")
-        started.append(proc)
-        return proc
+        return daemons.start()
 
     yield start
-    for proc in started:
-        if proc.proc.poll() is None:
-            proc.stop(signal.SIGKILL)
+    daemons.kill_all()
 
 
 def receipts_json(cli: CLI, world: World, advisory_id: str) -> list[dict[str, Any]]:

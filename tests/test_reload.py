@@ -9,7 +9,6 @@ import signal
 import socket
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
@@ -18,15 +17,13 @@ from maild.adapters.store import SqliteStore
 from maild.domain.models import MessageKind, MessageRecord, MessageState
 from maild.service.demo import org_toml
 from maild.service.reload import restart_only
-from tests import test_e2e_daemon as e2e
 from tests.conftest import CLI
+from tests.daemonrig import Process, Sink, daemon, mails, receipts, sink, submit, wait_for
 from tests.keyfactory import add_encryption_subkey, temp_keyring
-from tests.test_e2e_daemon import Process, mails, receipts, submit, wait_for
 from tests.world import World, org_entry
 
-sink, daemon = e2e.sink, e2e.daemon  # the real smarthost and `maild run` fixtures
+__all__ = ["daemon", "sink"]  # the real smarthost and `maild run` fixtures, from the rig
 Daemon = Callable[[], Process]
-Sink = tuple[Process, int, Path]
 
 
 def reloads(proc: Process, event: str) -> int:

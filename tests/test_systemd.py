@@ -24,12 +24,12 @@ from maild.adapters.store import SqliteStore
 from maild.adapters.systemd import Notifier, watchdog_task
 from maild.domain.models import MessageState
 from maild.service.status import tick_status
-from tests import test_e2e_daemon as e2e
+from tests import daemonrig as rig
 from tests.conftest import CLI
 from tests.world import World
 
-sink = e2e.sink  # the loopback smarthost in its own process
-wait_for = e2e.wait_for
+sink = rig.sink  # the loopback smarthost in its own process
+wait_for = rig.wait_for
 UNITS = Path(__file__).resolve().parent.parent / "systemd"
 UNIT = UNITS / "maild.service"
 EXEC_START = "ExecStart=/usr/bin/maild --config /etc/maild/maild.toml run"
@@ -181,7 +181,7 @@ def test_watchdog_task_pings_from_the_loop_until_cancelled(
 
     async def scenario() -> int:
         task = asyncio.ensure_future(watchdog_task(n))
-        deadline = asyncio.get_running_loop().time() + e2e.WAIT
+        deadline = asyncio.get_running_loop().time() + rig.WAIT
         while rx.drain().count(b"WATCHDOG=1\n") < 3:
             assert asyncio.get_running_loop().time() < deadline, "no repeated pings"
             await asyncio.sleep(0.01)
@@ -211,17 +211,17 @@ def test_status_line_gives_next_due_in_utc_and_the_queue() -> None:
         shutil.rmtree(root)
 
 
-def start_daemon(world: World, env: dict[str, str], log: str) -> e2e.Process:
+def start_daemon(world: World, env: dict[str, str], log: str) -> rig.Process:
     """`maild run` on the world, with `env` added to (and WATCHDOG_PID
     removed from) this process's environment."""
     base = {k: v for k, v in os.environ.items() if k != "WATCHDOG_PID"}
-    return e2e.maild_run(world, log, {**base, **env}, wait=False)
+    return rig.maild_run(world, log, {**base, **env}, wait=False)
 
 
 def test_the_daemon_notifies_ready_status_watchdog_and_stopping(
     cli: CLI,
     world: World,
-    sink: tuple[e2e.Process, int, Path],
+    sink: tuple[rig.Process, int, Path],
     receiver: tuple[Receiver, str],
 ) -> None:
     """`maild run` under Type=notify: READY=1 once the intake port accepts
@@ -243,7 +243,7 @@ def test_the_daemon_notifies_ready_status_watchdog_and_stopping(
         assert [d for d in rx.got if d.startswith(b"READY")] == [ready % where.encode()]
 
         disclosure = datetime.now(UTC) + timedelta(days=30)
-        adv = e2e.submit(cli, world, disclosure)
+        adv = rig.submit(cli, world, disclosure)
         status = re.compile(
             rb"STATUS=next due (\S+); advisories open: 1, messages waiting: (\d+)\n"
         )
@@ -273,7 +273,7 @@ def test_the_daemon_notifies_ready_status_watchdog_and_stopping(
 
 
 def test_no_ready_when_the_intake_port_cannot_be_taken(
-    world: World, sink: tuple[e2e.Process, int, Path], receiver: tuple[Receiver, str]
+    world: World, sink: tuple[rig.Process, int, Path], receiver: tuple[Receiver, str]
 ) -> None:
     """A daemon that cannot listen never says READY=1 (systemd sees the
     start fail): it exits 2 naming [intake] listen."""
@@ -283,7 +283,7 @@ def test_no_ready_when_the_intake_port_cannot_be_taken(
         taken.bind(("127.0.0.1", world.listen_port))
         taken.listen()
         proc = start_daemon(world, {"NOTIFY_SOCKET": path}, "d.log")
-        code = proc.proc.wait(timeout=e2e.WAIT)
+        code = proc.proc.wait(timeout=rig.WAIT)
         proc.handle.close()
     assert code == 2 and "[intake] listen" in proc.text()
     assert not [d for d in rx.drain() if d.startswith(b"READY=1")]
