@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -260,6 +261,11 @@ def test_writes_outside_group_commit_stay_flushed_at_each_commit(tmp_path: Path)
         with store.atomic():
             assert synchronous() == 2
             store.add_messages(None, [reply(4)])
+        with store.unsynced():
+            with store.unsynced():  # a block inside another ends: the outer one goes on
+                pass
+            store.add_messages(None, [reply(5)])
+            assert synchronous() == 1
         store.sync()  # the WAL the commit wrote can be flushed
     finally:
         store.close()
@@ -273,6 +279,69 @@ def test_flushing_a_closed_store_is_a_clear_error(tmp_path: Path) -> None:
     store.close()  # the last connection: SQLite removes the WAL
     with pytest.raises(StoreError, match=r"maild\.db: cannot flush the state database"):
         store.sync()
+
+
+# SqliteStore's public methods that write nothing (or only flush what was written).
+_NOT_WRITES = {
+    "advisories_with_messages_in", "close", "count_messages", "data_version", "events",
+    "find_messages", "get_advisory", "get_meta", "list_advisories", "messages", "open",
+    "payload", "payload_versions", "payloads", "sync", "unsynced", "verify_history",
+}  # fmt: skip
+
+
+def test_every_kind_of_write_after_a_group_commit_is_flushed_by_sqlite(
+    tmp_path: Path,
+) -> None:
+    """A group commit leaves the connection at synchronous=NORMAL (its caller
+    flushes); every other write the store makes, whichever method makes it,
+    commits at FULL after one, so it is on disk when the call returns. Each
+    public method that writes is tried right after a group commit; a new
+    method must be added here or to the list of those that do not write."""
+    store = SqliteStore.open(tmp_path / "maild.db")
+    mode, commits = ["FULL"], list[str]()
+
+    def trace(sql: str) -> None:
+        if sql.startswith("PRAGMA synchronous = "):
+            mode[0] = sql.rpartition(" ")[2]
+        elif sql == "COMMIT":
+            commits.append(mode[0])
+
+    try:
+        adv = advisory()
+        first, second = message(adv.id, 1), message(adv.id, 2)
+        now = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
+        sending = replace(first, state=MessageState.SENDING, attempts=1)
+
+        def in_atomic() -> None:
+            with store.atomic():
+                store.set_meta("atomic", "1")
+
+        writes: dict[str, Callable[[], object]] = {
+            "add_advisory": lambda: store.add_advisory(adv, [first], event()),
+            "update_advisory": lambda: store.update_advisory(replace(adv, version=2), event()),
+            "append_event": lambda: store.append_event(event("noted")),
+            "add_messages": lambda: store.add_messages(adv.id, [second]),
+            "update_messages": lambda: store.update_messages([replace(second, detail="x")]),
+            "put_payload": lambda: store.put_payload(first.message_id, 2, b"bytes", now),
+            "discard_payloads": lambda: store.discard_payloads([first.message_id]),
+            "commit_receipts": lambda: store.commit_receipts([], [(sending, 2)]),
+            "remember_signature": lambda: store.remember_signature("sig", "A" * 40, now, now),
+            "set_meta": lambda: store.set_meta("name", "value"),
+            "atomic": in_atomic,
+        }
+        public = {n for n in dir(SqliteStore) if not n.startswith("_")} - {"path"}
+        assert public - _NOT_WRITES == set(writes)
+        store._conn.set_trace_callback(trace)
+        for n, (name, write) in enumerate(writes.items()):
+            with store.unsynced():
+                store.add_messages(None, [reply(n)])
+            assert mode == ["NORMAL"]
+            commits.clear()
+            write()
+            assert commits == ["FULL"], name
+    finally:
+        store._conn.set_trace_callback(None)
+        store.close()
 
 
 def test_a_flush_follows_the_wal_file_now_at_its_path(tmp_path: Path) -> None:

@@ -752,11 +752,11 @@ class SqliteStore:
             # Its commit is the outer block's, which the caller cannot flush.
             raise StoreError(f"{self.path}: an unsynced block inside a transaction")
         self._set_synchronous("NORMAL")
-        self._in_unsynced = True
+        outer, self._in_unsynced = self._in_unsynced, True
         try:
             yield
         finally:
-            self._in_unsynced = False
+            self._in_unsynced = outer  # a block inside another leaves it open
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
