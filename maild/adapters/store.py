@@ -14,7 +14,7 @@ import operator
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import fields, replace
 from datetime import UTC, datetime
@@ -393,7 +393,6 @@ def message_to_row(m: MessageRecord) -> Row:
     return dict(zip(MESSAGE_COLUMNS, message_values(m), strict=True))
 
 
-_message_fields = operator.attrgetter(*MESSAGE_COLUMNS)
 # Stored values of the enums, looked up by member or by value (StrEnum: equal).
 _KIND_VALUES = {k.value: k.value for k in MessageKind}
 _STATE_VALUES = {s.value: s.value for s in MessageState}
@@ -403,48 +402,40 @@ _KIND, _STATE, _PURPOSE, _DUPLICATE, _MESSAGE_ID = (
     for name in ("kind", "state", "purpose", "possible_duplicate", "message_id")
 )
 _DATETIMES = tuple((MESSAGE_COLUMNS.index(name), name) for name in DATETIME_MESSAGE_COLUMNS)
+_ENUM_VALUES = {"kind": _KIND_VALUES, "state": _STATE_VALUES, "purpose": _PURPOSE_VALUES}
 
 
-def message_values(m: MessageRecord) -> tuple[object, ...]:
-    """A message as stored: its values in MESSAGE_COLUMNS order. (Stores
-    write many at a time: table lookups here, not Enum calls.)"""
-    with _refusing(f"message {m.message_id!r} cannot be stored"):
-        values = list(_message_fields(m))
-        values[_KIND] = _KIND_VALUES[values[_KIND]]
-        values[_STATE] = _STATE_VALUES[values[_STATE]]
-        values[_PURPOSE] = _PURPOSE_VALUES[values[_PURPOSE]]
-        values[_DUPLICATE] = int(bool(values[_DUPLICATE]))
-        _datetimes_to_text(values, _DATETIMES)
-    return tuple(values)
+def _as_stored(columns: Sequence[str]) -> Callable[[MessageRecord], tuple[object, ...]]:
+    """A function giving a message's values for `columns` (in that order), as
+    stored. (Stores write many at a time: table lookups, not Enum calls.)"""
+    fields = operator.attrgetter(*columns)
+    enums = [
+        (columns.index(name), table) for name, table in _ENUM_VALUES.items() if name in columns
+    ]
+    flags = [columns.index(name) for name in ("possible_duplicate",) if name in columns]
+    datetimes = [(n, name) for n, name in enumerate(columns) if name in DATETIME_MESSAGE_COLUMNS]
+
+    def values_of(m: MessageRecord) -> tuple[object, ...]:
+        with _refusing(f"message {m.message_id!r} cannot be stored"):
+            values = list(fields(m))
+            for index, table in enums:
+                values[index] = table[values[index]]
+            for index in flags:
+                values[index] = int(bool(values[index]))
+            for index, name in datetimes:
+                if values[index] is not None:
+                    values[index] = dt_to_text(name, values[index])
+        return tuple(values)
+
+    return values_of
 
 
-def _datetimes_to_text(values: list[Any], positions: Sequence[tuple[int, str]]) -> None:
-    """The datetimes at `positions` (index, column name) of `values`, as stored."""
-    for index, name in positions:
-        value = values[index]
-        if value is not None:
-            values[index] = dt_to_text(name, value)
-
-
-_receipt_fields = operator.attrgetter(*MUTABLE_MESSAGE_COLUMNS, "message_id")
-_R_STATE, _R_DUPLICATE = (MUTABLE_MESSAGE_COLUMNS.index(n) for n in ("state", "possible_duplicate"))
-_R_DATETIMES = tuple(
-    (MUTABLE_MESSAGE_COLUMNS.index(name), name)
-    for name in DATETIME_MESSAGE_COLUMNS
-    if name in MUTABLE_MESSAGE_COLUMNS
-)
-
-
-def _receipt_values(m: MessageRecord) -> tuple[object, ...]:
-    """A message's receipt fields (MUTABLE_MESSAGE_COLUMNS, in order), then
-    its message_id: the parameters of _OUTCOME_SQL. As message_values does
-    for these columns alone (two per message sent: read only what changes)."""
-    with _refusing(f"message {m.message_id!r} cannot be stored"):
-        values = list(_receipt_fields(m))
-        values[_R_STATE] = _STATE_VALUES[values[_R_STATE]]
-        values[_R_DUPLICATE] = int(bool(values[_R_DUPLICATE]))
-        _datetimes_to_text(values, _R_DATETIMES)
-    return tuple(values)
+# A message as stored: its values in MESSAGE_COLUMNS order.
+message_values = _as_stored(MESSAGE_COLUMNS)
+# A message's receipt fields (MUTABLE_MESSAGE_COLUMNS, in order), then its
+# message_id: the parameters of _OUTCOME_SQL (two per message sent: only what
+# changes is read).
+_receipt_values = _as_stored((*MUTABLE_MESSAGE_COLUMNS, "message_id"))
 
 
 _SET_RECEIPT = ", ".join(f"{c} = ?" for c in MUTABLE_MESSAGE_COLUMNS)
