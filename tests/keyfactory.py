@@ -37,8 +37,11 @@ def temp_keyring() -> Iterator[Keyring]:
         shutil.rmtree(home, ignore_errors=True)
 
 
-def raw_gpg(ring: Keyring, *args: str, created: datetime | None = None) -> bytes:
-    """Run gpg on the ring's home for things the adapter deliberately cannot do."""
+def raw_gpg(
+    ring: Keyring, *args: str, created: datetime | None = None, data: bytes | None = None
+) -> bytes:
+    """Run gpg on the ring's home for things the adapter deliberately cannot do
+    (`data` on its standard input); returns its standard output."""
     command = [
         "gpg",
         "--homedir",
@@ -54,9 +57,8 @@ def raw_gpg(ring: Keyring, *args: str, created: datetime | None = None) -> bytes
     if created is not None:
         stamp = created.astimezone(UTC).strftime("%Y%m%dT%H%M%S")
         command += ["--faked-system-time", stamp + "!"]  # frozen, as in Keyring.generate
-    proc = subprocess.run(
-        [*command, *args], capture_output=True, timeout=60, check=False, stdin=subprocess.DEVNULL
-    )
+    stdin = {"stdin": subprocess.DEVNULL} if data is None else {"input": data}
+    proc = subprocess.run([*command, *args], capture_output=True, timeout=60, check=False, **stdin)
     if proc.returncode != 0:
         raise RuntimeError(f"gpg {args[:2]} failed: {proc.stderr.decode(errors='replace')}")
     return proc.stdout

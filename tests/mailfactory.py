@@ -263,14 +263,9 @@ def packets(ring: Keyring, binary: bytes) -> list[Packet]:
 
 
 def dearmored(ring: Keyring, armored: bytes) -> bytes:
-    return _gpg_filter(ring, "--dearmor", armored)
+    return raw_gpg(ring, "--dearmor", data=armored)
 
 
 def armored(ring: Keyring, binary: bytes) -> bytes:
     """`binary` ASCII-armored as a PGP MESSAGE (gpg --enarmor, its header renamed)."""
-    return _gpg_filter(ring, "--enarmor", binary).replace(b"ARMORED FILE", b"MESSAGE")
-
-
-def _gpg_filter(ring: Keyring, option: str, data: bytes) -> bytes:
-    command = ["gpg", "--homedir", str(ring.home), "--batch", option]
-    return subprocess.run(command, input=data, capture_output=True, timeout=60, check=True).stdout
+    return raw_gpg(ring, "--enarmor", data=binary).replace(b"ARMORED FILE", b"MESSAGE")
